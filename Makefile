@@ -1,0 +1,25 @@
+# The two commands of the README.  `make demo` sets up .venv (torch 2.13.0 unless a torch is already
+# there) and runs the main job on the embedded digits data; `make test` runs the test suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.backdoorkit-installed
+
+.PHONY: demo test lint bench clean
+
+demo: $(STAMP)
+	$(VENV)/bin/backdoorkit demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,263 @@
+"""The attack interface.
+
+An attack is a small object with validated parameters (a pydantic ``Params`` model) that
+
+* ``setup(train, seed=...)`` computes whatever its trigger needs from the attacker's clean data
+  (a seeded pattern, an attacker model, an adversarial perturbation ...), cached by parameters + seed;
+* ``poison(train, seed=...)`` returns a :class:`PoisonedSet`: the training set with poisoned images
+  quantised to uint8 (as an attacker would ship image files), relabelled for dirty-label attacks,
+  plus the boolean mask of poisoned rows so isolation defenses can be scored;
+* ``apply(x)`` adds the trigger to a float batch ``[B, C, H, W]`` in ``[0, 1]`` on its device;
+* ``target_labels(y)`` / ``asr_mask(y)`` define the all-to-one (``target``) or all-to-all
+  (``(y + 1) mod C``) mapping and which test images count for ASR;
+* ``prepare_model(model)`` changes the model itself for attacks on the structure (identity here).
+
+A new data-poisoning attack is usually just ``Params`` plus ``apply`` (and ``_setup`` if the trigger
+needs data).  Poisoned rows are chosen at random (seeded) among non-target images for dirty-label
+attacks and among target-class images for clean-label ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from backdoorkit.data.imageset import ImageSet, quantize, to_pixels
+from backdoorkit.errors import ConfigError
+
+CHUNK = 2048  # images per batch when poisoning a whole set
+
+
+class AttackParams(BaseModel):
+    """Parameters every attack takes.
+
+    Attributes:
+        target: the target class (all-to-one) - ignored for all-to-all.
+        mode: ``all2one`` or ``all2all`` (target = (y + 1) mod C).
+        rate: poison rate, a fraction of the training set (float) or a count (int); ``None`` takes
+            the attack's default.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: int = Field(0, ge=0)
+    mode: Literal["all2one", "all2all"] = "all2one"
+    rate: float | int | None = None
+
+
+@dataclass
+class PoisonedSet:
+    """A poisoned training set and where the poison is.
+
+    Attributes:
+        data: the training set as the victim receives it (uint8 images).
+        mask: bool ``[N]``, True for rows that carry the backdoor (trigger + target relation).
+        attack: the attack's registered name.
+        params: the attack's parameters.
+        info: anything else worth recording (e.g. WaNet's noise-mode rows, clean-label capping).
+    """
+
+    data: ImageSet
+    mask: torch.Tensor
+    attack: str
+    params: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def indices(self) -> torch.Tensor:
+        return self.mask.nonzero().flatten()
+
+    @property
+    def count(self) -> int:
+        return int(self.mask.sum())
+
+
+def params_error(owner: str, exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    return ConfigError(f"{owner}: {loc + ': ' if loc else ''}{msg}")
+
+
+class Attack(ABC):
+    """Base class of all attacks (see the module docstring for the life cycle)."""
+
+    name: ClassVar[str] = "attack"
+    paper: ClassVar[str] = ""
+    label_mode: ClassVar[Literal["dirty", "clean"]] = "dirty"
+    supports_all2all: ClassVar[bool] = True
+    default_rate: ClassVar[float] = 0.1
+    Params: ClassVar[type[AttackParams]] = AttackParams
+
+    def __init__(self, **params: Any) -> None:
+        try:
+            self.params = self.Params(**params)
+        except ValidationError as exc:
+            raise params_error(self.name, exc) from None
+        if self.params.mode == "all2all" and not self.supports_all2all:
+            raise ConfigError(f"{self.name}: all-to-all mode is not supported by this attack")
+        if self.label_mode == "clean" and self.params.mode == "all2all":
+            raise ConfigError(f"{self.name}: a clean-label attack is all-to-one")
+        rate = self.params.rate if self.params.rate is not None else self.default_rate
+        if isinstance(rate, float) and not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"{self.name}: rate {rate} is not a fraction in [0, 1] (pass an int for a count)")
+        if isinstance(rate, int) and rate < 0:
+            raise ConfigError(f"{self.name}: rate {rate} is a negative count")
+        self.rate: float | int = rate
+        self._ready_key: str | None = None
+        self.num_classes: int | None = None
+        self.image_shape: tuple[int, int, int] | None = None
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def target(self) -> int:
+        return self.params.target
+
+    @property
+    def all2all(self) -> bool:
+        return self.params.mode == "all2all"
+
+    def describe(self) -> dict[str, Any]:
+        """Name + every parameter (defaults resolved): what determines this attack."""
+        return {"attack": self.name, **self.params.model_dump(), "rate": self.rate}
+
+    def key(self, seed: int = 0) -> str:
+        """A stable hash of the parameters and seed (for caches)."""
+        blob = json.dumps({**self.describe(), "seed": seed}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "attack")
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------ target mapping
+    def target_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """The label the attacker wants for inputs of true class ``y``."""
+        if self.all2all:
+            if self.num_classes is None:
+                raise ConfigError(f"{self.name}: call setup() or poison() before using all-to-all targets")
+            return (y + 1) % self.num_classes
+        return torch.full_like(y, self.target)
+
+    def asr_mask(self, y: torch.Tensor) -> torch.Tensor:
+        """Which test images count for ASR: non-target ones (all-to-one) or all (all-to-all)."""
+        if self.all2all:
+            return torch.ones_like(y, dtype=torch.bool)
+        return y != self.target
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, train: ImageSet, *, seed: int = 0, **kwargs: Any) -> Attack:
+        """Prepare the trigger from the attacker's clean training data (idempotent per data/seed)."""
+        if not self.all2all and self.target >= train.num_classes:
+            raise ConfigError(f"{self.name}: target {self.target} out of range for {train.num_classes} classes")
+        from backdoorkit.data.fingerprint import fingerprint
+
+        key = f"{fingerprint(train)}:{seed}"
+        if self._ready_key == key:
+            return self
+        self.num_classes = train.num_classes
+        self.image_shape = train.image_shape
+        self.validate_shape(train.image_shape)
+        self._setup(train, seed=seed, **kwargs)
+        self._ready_key = key
+        return self
+
+    def _setup(self, train: ImageSet, *, seed: int, **kwargs: Any) -> None:
+        """Override to compute data-dependent trigger parts (default: nothing)."""
+
+    def validate_shape(self, shape: tuple[int, int, int]) -> None:
+        """Override to reject image shapes the trigger does not fit (patch outside the image ...)."""
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready_key is not None
+
+    def _require_ready(self) -> None:
+        if self._ready_key is None:
+            raise ConfigError(f"{self.name}: call setup(train) or poison(train) before apply()")
+
+    # ------------------------------------------------------------------ trigger
+    @abstractmethod
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Add the trigger to float pixels ``[B, C, H, W]`` in ``[0, 1]`` (same device and shape)."""
+
+    def apply_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """Trigger uint8 images and quantise the result back to uint8, in chunks."""
+        out = torch.empty_like(x)
+        for start in range(0, x.shape[0], CHUNK):
+            out[start : start + CHUNK] = quantize(self.apply(to_pixels(x[start : start + CHUNK])))
+        return out
+
+    def poison_images(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+        """Float pixels of the rows chosen for poisoning -> their poisoned version.
+
+        Default: the test-time trigger.  Clean-label attacks override it (adversarial perturbation
+        before the trigger, reduced amplitude ...).
+        """
+        return self.apply(x)
+
+    # ------------------------------------------------------------------ poisoning
+    def poison_count(self, train: ImageSet) -> int:
+        n = len(train)
+        if isinstance(self.rate, int):
+            if self.rate > n:
+                raise ConfigError(f"{self.name}: poison count {self.rate} exceeds the {n} training images")
+            return self.rate
+        return int(round(self.rate * n))
+
+    def candidates(self, train: ImageSet) -> torch.Tensor:
+        """Rows that may be poisoned: non-target rows (dirty, all-to-one), target rows (clean), all."""
+        y = train.y.cpu()
+        if self.label_mode == "clean":
+            return (y == self.target).nonzero().flatten()
+        if self.all2all:
+            return torch.arange(len(y))
+        return (y != self.target).nonzero().flatten()
+
+    def select(self, train: ImageSet, seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Seeded random choice of the rows to poison; returns ``(indices, info)``."""
+        cand = self.candidates(train)
+        want = self.poison_count(train)
+        info: dict[str, Any] = {"requested": want}
+        if want > len(cand):
+            what = "target-class" if self.label_mode == "clean" else "eligible"
+            info["capped"] = f"rate asks for {want} rows but only {len(cand)} {what} images exist; poisoning all"
+            want = len(cand)
+        gen = torch.Generator().manual_seed(seed)
+        pick = cand[torch.randperm(len(cand), generator=gen)[:want]]
+        return torch.sort(pick).values, info
+
+    def poison(self, train: ImageSet, *, seed: int = 0, **setup_kwargs: Any) -> PoisonedSet:
+        """Poison ``train`` (a new set; the input is unchanged)."""
+        self.setup(train, seed=seed, **setup_kwargs)
+        idx, info = self.select(train, seed)
+        x = train.x.clone()
+        y = train.y.clone()
+        dev_idx = idx.to(train.device)
+        for start in range(0, len(idx), CHUNK):
+            part = dev_idx[start : start + CHUNK]
+            px = self.poison_images(to_pixels(train.x[part]), train.y[part], seed)
+            x[part] = quantize(px)
+        if self.label_mode == "dirty":
+            y[dev_idx] = self.target_labels(train.y[dev_idx])
+        mask = torch.zeros(len(train), dtype=torch.bool)
+        mask[idx] = True
+        poisoned = train.with_data(x, y, name=f"{train.name}+{self.name}")
+        ps = PoisonedSet(poisoned, mask, self.name, self.describe(), info)
+        return self.finish_poison(ps, train, seed)
+
+    def finish_poison(self, poisoned: PoisonedSet, clean: ImageSet, seed: int) -> PoisonedSet:
+        """Hook for attacks that modify extra rows (WaNet's noise mode); default: unchanged."""
+        return poisoned
+
+    # ------------------------------------------------------------------ structure attacks
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Change the model's structure before training (BadRes, TrojanNet ...); identity here."""
+        return model

@@ -1,0 +1,206 @@
+"""Safe model checkpoints: safetensors weights + a JSON sidecar; never unpickle.
+
+``save_model(model, "m.safetensors")`` writes the weights and ``m.json`` next to them with the
+architecture and its arguments, the class names, the input normalisation, the skip gammas/betas and
+the config that produced the model.  ``load_model`` rebuilds the model from the sidecar (or loads into
+a model you pass), checks every tensor is finite and restores the skip settings.  Legacy ``.pt`` /
+``.pth`` files are read with ``torch.load(weights_only=True)``; one that needs pickle is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from backdoorkit.errors import ModelFileError
+from backdoorkit.models.base import ModelSpec
+from backdoorkit.models.registry import build_model
+from backdoorkit.models.skips import get_betas, get_gammas, skips
+
+FORMAT = "backdoorkit.model"
+FORMAT_VERSION = 1
+LEGACY_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def sidecar_path(path: str | Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def save_model(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    classes: tuple[str, ...] | list[str] | None = None,
+    config: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` as ``path`` (.safetensors) plus its JSON sidecar; returns the weights path."""
+    from safetensors.torch import save_file
+
+    import backdoorkit
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ModelFileError(f"refusing to save non-finite weights in {bad[0]}")
+    spec: ModelSpec | None = getattr(model, "spec", None)
+    classes = classes if classes is not None else getattr(model, "classes", None)
+    norm = getattr(model, "normalize", None)
+    card = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "backdoorkit": backdoorkit.__version__,
+        "arch": spec.arch if spec else None,
+        "kwargs": _jsonable(spec.kwargs) if spec else None,
+        "classes": list(classes) if classes is not None else None,
+        "normalization": (
+            {"mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist()} if norm is not None else None
+        ),
+        "skips": {"gammas": get_gammas(model), "betas": get_betas(model)},
+        "config": _jsonable(config or {}),
+        "extra": _jsonable(extra or {}),
+    }
+    tmp = path.with_suffix(".safetensors.tmp")
+    save_file(state, str(tmp), metadata={"format": FORMAT})
+    tmp.replace(path)
+    side = sidecar_path(path)
+    side_tmp = side.with_suffix(".json.tmp")
+    side_tmp.write_text(json.dumps(card, indent=2, sort_keys=True))
+    side_tmp.replace(side)
+    return path
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any] | None:
+    """The sidecar of a weights file, or ``None`` if there is none."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return None
+    try:
+        card = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{side}: malformed sidecar JSON ({exc.__class__.__name__})") from None
+    if not isinstance(card, dict) or card.get("format") != FORMAT:
+        raise ModelFileError(f"{side}: not a backdoorkit model sidecar")
+    return card
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file or a legacy torch file (``weights_only``); never unpickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"{path}: malformed safetensors file ({_one_line(exc)})") from None
+    elif path.suffix in LEGACY_SUFFIXES:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ModelFileError(
+                f"{path}: refused - this file needs full unpickling, which can run arbitrary code; "
+                "convert it to safetensors where you trust it"
+            ) from None
+        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+            raise ModelFileError(f"{path}: unreadable torch file ({_one_line(exc)})") from None
+        state = _extract_state_dict(obj, path)
+    else:
+        raise ModelFileError(
+            f"{path}: unsupported model file type {path.suffix!r} (use .safetensors, or .pt/.pth weights)"
+        )
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise ModelFileError(f"{path}: entry {k!r} is not a tensor")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ModelFileError(f"{path}: non-finite values (NaN/inf) in weight {k!r}")
+    return state
+
+
+def _extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "net", "model_state_dict"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return {str(k).removeprefix("module."): v for k, v in obj.items()}  # type: ignore[union-attr]
+    raise ModelFileError(f"{path}: no state dict of tensors found")
+
+
+def load_model(
+    path: str | Path,
+    *,
+    model: nn.Module | None = None,
+    arch: str | None = None,
+    device: str | torch.device = "cpu",
+    **arch_kwargs: Any,
+) -> nn.Module:
+    """Load a model file.
+
+    Args:
+        path: ``.safetensors`` (with its sidecar) or a legacy ``.pt``/``.pth`` state dict.
+        model: load into this module instead of building one (for architectures we did not write).
+        arch, arch_kwargs: build this registered architecture when the file has no sidecar.
+    """
+    path = Path(path)
+    state = read_weights(path)
+    card = read_sidecar(path) if path.suffix == ".safetensors" else None
+    if model is None:
+        if card is not None and card.get("arch"):
+            kwargs = dict(card.get("kwargs") or {})
+            kwargs.update(arch_kwargs)
+            model = build_model(card["arch"], **kwargs)
+        elif arch is not None:
+            model = build_model(arch, **arch_kwargs)
+        else:
+            raise ModelFileError(
+                f"{path}: no sidecar saying which architecture this is; pass --arch (or model=...)"
+            )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelFileError(f"{path}: weights do not fit the architecture ({_one_line(exc)})") from None
+    if card is not None:
+        table = skips(model)
+        for kind in ("gammas", "betas"):
+            for name, value in (card.get("skips") or {}).get(kind, {}).items():
+                if name not in table:
+                    raise ModelFileError(f"{path}: sidecar names unknown skip {name!r}")
+                setattr(table[name], kind[:-1], float(value))
+        if card.get("classes"):
+            model.classes = tuple(card["classes"])
+        model.card = card
+    return model.to(device).eval()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:300] + "...") if len(text) > 300 else (text or exc.__class__.__name__)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "model_dump"):
+        return _jsonable(obj.model_dump())
+    return obj

@@ -1,0 +1,95 @@
+"""``backdoorkit train``: train a (possibly backdoored) model and print BA / ASR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from backdoorkit.cli.app import app
+from backdoorkit.cli.common import (
+    DataRootOpt,
+    DeviceOpt,
+    JsonOpt,
+    ParamOpt,
+    console,
+    emit_json,
+    load_splits,
+    parse_params,
+    pct,
+)
+
+
+@app.command()
+def train(
+    dataset: str = typer.Option("digits", "--dataset", "-d", help="Registered dataset name or path."),
+    model: str = typer.Option("resnet18", "--model", "-m", help="Registered architecture."),
+    width: int | None = typer.Option(None, "--width", help="Base channel count (64 = full ResNet)."),
+    epochs: int | None = typer.Option(None, "--epochs"),
+    lr: float | None = typer.Option(None, "--lr"),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    augment: bool | None = typer.Option(None, "--augment/--no-augment"),
+    attack: str | None = typer.Option(None, "--attack", "-a", help="Poison the training set first."),
+    target: int = typer.Option(0, "--target"),
+    poison_rate: float | None = typer.Option(None, "--poison-rate", help="Fraction (<1) or count (>=1)."),
+    param: list[str] | None = ParamOpt,
+    init: Path | None = typer.Option(None, "--init", help="Start from these weights (safetensors/.pt)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Save the model here (.safetensors)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = DeviceOpt,
+    data_root: Path | None = DataRootOpt,
+    progress: bool = typer.Option(False, "--progress/--no-progress"),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Train MODEL on DATASET (optionally poisoned by ATTACK); print BA and ASR."""
+    from backdoorkit.attacks import build_attack
+    from backdoorkit.checkpoint import load_model, save_model
+    from backdoorkit.metrics import backdoor_metrics
+    from backdoorkit.pipeline import make_model, recipe_for
+
+    train_set, test_set = load_splits(dataset, data_root)
+    atk = None
+    poison_info: dict[str, object] = {}
+    if attack is not None:
+        params = parse_params(param)
+        if poison_rate is not None:
+            params["rate"] = int(poison_rate) if poison_rate >= 1 else float(poison_rate)
+        atk = build_attack(attack, target=target, **params)
+        ps = atk.poison(train_set, seed=seed)
+        train_set = ps.data
+        poison_info = {"poisoned": ps.count, **ps.info}
+    cfg = recipe_for(
+        train_set, epochs=epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed, device=device,
+        progress=progress and not json_out,
+    )
+    net = load_model(init) if init is not None else make_model(model, train_set, width=width, seed=seed)
+    if init is not None and getattr(net, "num_classes", train_set.num_classes) != train_set.num_classes:
+        from backdoorkit.errors import ModelFileError
+
+        raise ModelFileError(f"{init}: model has {net.num_classes} classes, dataset {train_set.num_classes}")
+    if atk is not None:
+        net = atk.prepare_model(net)
+    from backdoorkit.train import fit
+
+    result = fit(net, train_set, cfg)
+    metrics = backdoor_metrics(net, test_set, atk)
+    summary = {
+        **metrics,
+        "seconds": result.seconds,
+        "images_per_second": result.images_per_second,
+        "epochs": cfg.epochs,
+        **({"poison": poison_info} if poison_info else {}),
+    }
+    if out is not None:
+        path = save_model(net, out, classes=train_set.classes, config={"train": cfg.model_dump(), "command": "train",
+                          "dataset": dataset, "attack": atk.describe() if atk else None, "seed": seed})
+        summary["out"] = str(path)
+    if json_out:
+        emit_json(summary)
+        return
+    console.print(f"[bold]{model}[/] on {train_set.name}: {result.seconds:.1f}s, {result.images_per_second:.0f} img/s")
+    console.print(f"BA  {pct(metrics['ba'])} %")
+    if atk is not None:
+        console.print(f"ASR {pct(metrics['asr'])} % (quantised trigger {pct(metrics['asr_quantized'])} %)")
+    if out is not None:
+        console.print(f"saved {summary['out']}")

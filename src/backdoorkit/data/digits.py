@@ -1,0 +1,60 @@
+"""The embedded default dataset: scikit-learn's handwritten digits, resized to 32x32.
+
+scikit-learn ships the 1,797 8x8 images (grey levels 0-16) of the UCI "optical recognition of
+handwritten digits" set, so this needs no download.  We rescale them to 0-255, upsample bilinearly to
+32x32 so the same models and triggers apply as for CIFAR, and split them once with a fixed seed into
+1,437 training and 360 test images (stratified, 80/20).  Horizontal flips are not allowed.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from backdoorkit.data.imageset import ImageSet
+from backdoorkit.data.sources import DatasetSource, LoadOptions, register_source
+from backdoorkit.data.splits import stratified_indices
+
+DIGITS_SEED = 20240613
+DIGITS_TEST_FRACTION = 0.2
+
+
+@functools.lru_cache(maxsize=4)
+def _digits_tensors(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [N,1,8,8]
+    if size != 8:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = x.clamp(0, 1).mul(255).round().to(torch.uint8)
+    y = torch.as_tensor(bunch.target, dtype=torch.int64)
+    return x, y
+
+
+def load_digits_split(split: str, options: LoadOptions) -> ImageSet:
+    size = options.image_size or 32
+    x, y = _digits_tensors(size)
+    test_idx = stratified_indices(y, round(DIGITS_TEST_FRACTION * len(y)), DIGITS_SEED, 10)
+    mask = torch.zeros(len(y), dtype=torch.bool)
+    mask[test_idx] = True
+    keep = mask if split == "test" else ~mask
+    return ImageSet(
+        x=x[keep].clone(),
+        y=y[keep].clone(),
+        classes=tuple(str(i) for i in range(10)),
+        name=f"digits/{split}",
+        hflip=False,
+    )
+
+
+DIGITS = register_source(
+    DatasetSource(
+        name="digits",
+        description="scikit-learn handwritten digits (embedded), upsampled to 32x32, 1437/360 split",
+        hflip=False,
+        builtin=load_digits_split,
+    )
+)

@@ -1,0 +1,52 @@
+"""Defenses: the registry and the four base kinds.  One defense per module; importing this package
+registers all of them (grouped by kind in the registry, not in folders)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from backdoorkit.defenses.base import (
+    Defense,
+    DefenseParams,
+    DefenseResult,
+    InputDetector,
+    ModelInspector,
+    ModelRepair,
+    RobustTraining,
+    Scenario,
+    Verdict,
+)
+from backdoorkit.registry import Registry
+
+DEFENSES: Registry[type[Defense]] = Registry("defense")
+
+
+def register_defense(cls: type[Defense]) -> type[Defense]:
+    """Class decorator: register ``cls`` under ``cls.name`` with its kind and scenarios."""
+    DEFENSES.add(cls.name, cls, paper=cls.paper, kind=cls.kind, scenarios=tuple(s.value for s in cls.scenarios))
+    return cls
+
+
+def build_defense(name: str, **params: Any) -> Defense:
+    return DEFENSES.get(name)(**params)
+
+
+_MODULES: tuple[str, ...] = ()
+for _m in _MODULES:
+    importlib.import_module(f"backdoorkit.defenses.{_m}")
+
+__all__ = [
+    "DEFENSES",
+    "Defense",
+    "DefenseParams",
+    "DefenseResult",
+    "InputDetector",
+    "ModelInspector",
+    "ModelRepair",
+    "RobustTraining",
+    "Scenario",
+    "Verdict",
+    "build_defense",
+    "register_defense",
+]

@@ -1,0 +1,197 @@
+"""The defense interface: four kinds, each declaring the scenarios it serves.
+
+Scenarios (who holds what):
+
+* ``S1``: a suspicious model and a small clean set (model repair, input detectors, inspectors);
+* ``S2``: an untrusted training set and a small clean holdout (robust training);
+* ``S3``: an untrusted training set and no clean data at all (robust training without a holdout).
+
+Kinds:
+
+* :class:`ModelRepair` ``repair(model, clean) -> DefenseResult`` (a repaired copy; the input model
+  is left untouched);
+* :class:`RobustTraining` ``train(untrusted, holdout | None, model_factory, config) -> DefenseResult``;
+* :class:`InputDetector` ``fit(model, clean)`` then ``score(x) -> suspicion`` (higher = more
+  suspicious) with a threshold chosen from a false-rejection rate on clean data;
+* :class:`ModelInspector` ``inspect(model, clean) -> Verdict`` (infected?, target, trigger).
+
+A defense only ever receives what its scenario gives it: never the test set, the attack's trigger,
+the poisoned mask or the target class.  Its hyper-parameters are validated pydantic ``Params``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from backdoorkit.attacks.base import params_error
+from backdoorkit.data.imageset import ImageSet
+from backdoorkit.errors import ScenarioError
+from backdoorkit.train import TrainConfig
+
+
+class Scenario(StrEnum):
+    S1 = "S1"
+    S2 = "S2"
+    S3 = "S3"
+
+
+SCENARIO_TEXT = {
+    Scenario.S1: "a suspicious model and a small clean set",
+    Scenario.S2: "an untrusted training set and a clean holdout",
+    Scenario.S3: "an untrusted training set without clean data",
+}
+
+
+class DefenseParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class DefenseResult:
+    """A defended model (``None`` for detectors/inspectors) and what the defense found or chose."""
+
+    model: nn.Module | None
+    info: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class Verdict:
+    """An inspector's answer about a model."""
+
+    infected: bool
+    target: int | None = None
+    trigger: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+class Defense(ABC):
+    """Common parts: validated parameters, identity for caches, scenario checks."""
+
+    name: ClassVar[str] = "defense"
+    paper: ClassVar[str] = ""
+    kind: ClassVar[Literal["repair", "training", "detector", "inspector"]]
+    scenarios: ClassVar[tuple[Scenario, ...]] = ()
+    Params: ClassVar[type[DefenseParams]] = DefenseParams
+
+    def __init__(self, **params: Any) -> None:
+        try:
+            self.params = self.Params(**params)
+        except ValidationError as exc:
+            raise params_error(self.name, exc) from None
+
+    def describe(self) -> dict[str, Any]:
+        return {"defense": self.name, **self.params.model_dump()}
+
+    def key(self) -> str:
+        blob = json.dumps(self.describe(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
+        return f"{type(self).__name__}({args})"
+
+    @classmethod
+    def check_scenario(cls, scenario: Scenario | str) -> None:
+        """Raise :class:`ScenarioError` (with the reason) if ``scenario`` does not suit this defense."""
+        sc = Scenario(scenario)
+        if sc not in cls.scenarios:
+            serves = "; ".join(f"{s.value} ({SCENARIO_TEXT[s]})" for s in cls.scenarios)
+            raise ScenarioError(
+                f"{cls.name} needs {serves}, but scenario {sc.value} gives {SCENARIO_TEXT[sc]}"
+            )
+
+
+class ModelRepair(Defense):
+    """Repair a suspicious model with a small clean set (scenario S1)."""
+
+    kind = "repair"
+    scenarios = (Scenario.S1,)
+
+    def repair(self, model: nn.Module, clean: ImageSet, *, seed: int = 0, device: str = "auto") -> DefenseResult:
+        """Return a repaired copy of ``model`` (the argument is not modified)."""
+        start = time.perf_counter()
+        work = copy.deepcopy(model)
+        result = self._repair(work, clean, seed=seed, device=device)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    @abstractmethod
+    def _repair(self, model: nn.Module, clean: ImageSet, *, seed: int, device: str) -> DefenseResult: ...
+
+
+class RobustTraining(Defense):
+    """Train a model on an untrusted set (scenario S2 with a clean holdout, S3 without)."""
+
+    kind = "training"
+    scenarios = (Scenario.S2, Scenario.S3)
+
+    def train(
+        self,
+        untrusted: ImageSet,
+        holdout: ImageSet | None,
+        *,
+        model_factory: Callable[[], nn.Module],
+        config: TrainConfig,
+        seed: int = 0,
+    ) -> DefenseResult:
+        if holdout is None and Scenario.S3 not in self.scenarios:
+            raise ScenarioError(f"{self.name} needs a clean holdout set (scenario S2)")
+        start = time.perf_counter()
+        result = self._train(untrusted, holdout, model_factory=model_factory, config=config, seed=seed)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    @abstractmethod
+    def _train(
+        self,
+        untrusted: ImageSet,
+        holdout: ImageSet | None,
+        *,
+        model_factory: Callable[[], nn.Module],
+        config: TrainConfig,
+        seed: int,
+    ) -> DefenseResult: ...
+
+
+class InputDetector(Defense):
+    """Flag triggered inputs at test time (scenario S1)."""
+
+    kind = "detector"
+    scenarios = (Scenario.S1,)
+    threshold: float | None = None
+
+    @abstractmethod
+    def fit(self, model: nn.Module, clean: ImageSet, *, seed: int = 0) -> InputDetector: ...
+
+    @abstractmethod
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """Suspicion per input (higher = more likely triggered); ``x`` float pixels ``[B, C, H, W]``."""
+
+    def flag(self, x: torch.Tensor) -> torch.Tensor:
+        if self.threshold is None:
+            raise ScenarioError(f"{self.name}: fit() the detector before flagging inputs")
+        return self.score(x) > self.threshold
+
+
+class ModelInspector(Defense):
+    """Decide whether a model is backdoored (scenario S1)."""
+
+    kind = "inspector"
+    scenarios = (Scenario.S1,)
+
+    @abstractmethod
+    def inspect(self, model: nn.Module, clean: ImageSet, *, seed: int = 0) -> Verdict: ...

@@ -1,0 +1,49 @@
+"""Shared fixtures: the embedded digits data and models trained once per test session.
+
+Training recipe used across the suite (about 20 s on 2 CPU cores): ResNet-18 at width 8, 8 epochs,
+one-cycle SGD lr 0.05, batch 128, no augmentation (the digits recipe of ``backdoorkit.pipeline``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("BACKDOORKIT_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache", "test"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+from backdoorkit.data import ImageSet, load_dataset  # noqa: E402
+from backdoorkit.pipeline import recipe_for, train_model  # noqa: E402
+
+TEST_ARCH = "resnet18"
+TEST_WIDTH = 8
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[ImageSet, ImageSet]:
+    return load_dataset("digits", "train"), load_dataset("digits", "test")
+
+
+@pytest.fixture(scope="session")
+def digits_train(digits: tuple[ImageSet, ImageSet]) -> ImageSet:
+    return digits[0]
+
+
+@pytest.fixture(scope="session")
+def digits_test(digits: tuple[ImageSet, ImageSet]) -> ImageSet:
+    return digits[1]
+
+
+def train_digits(data: ImageSet, seed: int = 0, **overrides: object) -> torch.nn.Module:
+    """ResNet-18 (width 8) trained with the digits recipe."""
+    cfg = recipe_for(data, **overrides)
+    model, _ = train_model(TEST_ARCH, data, cfg, seed=seed, width=TEST_WIDTH)
+    return model
+
+
+@pytest.fixture(scope="session")
+def clean_model(digits_train: ImageSet) -> torch.nn.Module:
+    """A clean digits model (BA about 99 %)."""
+    return train_digits(digits_train, seed=0)
