@@ -4,6 +4,7 @@ registers all of them under their names (``badnets``, ``blended``, ...)."""
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any
 
 from backdoorkit.attacks.base import Attack, AttackParams, PoisonedSet
@@ -30,8 +31,13 @@ def build_attack(name: str, **params: Any) -> Attack:
 
 
 # one module per attack; each registers itself on import
-_MODULES: tuple[str, ...] = ("badnets",)
-for _m in _MODULES:
-    importlib.import_module(f"backdoorkit.attacks.{_m}")
+def _import_all() -> None:
+    """Import every module of this package so each registers itself."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in ('base',) and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_all()
 
 __all__ = ["ATTACKS", "Attack", "AttackParams", "PoisonedSet", "build_attack", "register_attack"]

@@ -8,15 +8,16 @@ code 2, never a traceback.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import sys
 
 from backdoorkit.cli.app import app
 from backdoorkit.errors import BackdoorkitError
 
-# command modules register themselves on ``app`` when imported
-COMMAND_MODULES = ("info", "train")
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"backdoorkit.cli.{_name}")
+# every other module of this package defines commands on ``app`` when imported
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in ("app", "common") and not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 
 def main(argv: list[str] | None = None) -> None:

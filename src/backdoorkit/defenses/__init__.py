@@ -4,6 +4,7 @@ registers all of them (grouped by kind in the registry, not in folders)."""
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any
 
 from backdoorkit.defenses.base import (
@@ -32,9 +33,14 @@ def build_defense(name: str, **params: Any) -> Defense:
     return DEFENSES.get(name)(**params)
 
 
-_MODULES: tuple[str, ...] = ()
-for _m in _MODULES:
-    importlib.import_module(f"backdoorkit.defenses.{_m}")
+def _import_all() -> None:
+    """Import every module of this package so each registers itself."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in ('base',) and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_all()
 
 __all__ = [
     "DEFENSES",
