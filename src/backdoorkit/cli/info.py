@@ -14,7 +14,13 @@ from backdoorkit.data import available, data_roots
 
 @app.command()
 def datasets(data_root: Path | None = DataRootOpt, json_out: bool = JsonOpt) -> None:
-    """List the datasets that can be loaded now, where from, and their sizes."""
+    """List the datasets that can be loaded now, where from, and their sizes.
+
+    Registered datasets are searched under the data roots (``--data-root``, ``$BACKDOORKIT_DATA``,
+    the standard folders); sizes come from file headers and label lists where the format allows,
+    so listing does not decode images.  A dataset whose files are present but unreadable is listed
+    with the reason and no sizes.
+    """
     rows = available(data_root)
     if json_out:
         emit_json(
@@ -28,7 +34,7 @@ def datasets(data_root: Path | None = DataRootOpt, json_out: bool = JsonOpt) -> 
     for col in ("name", "where", "train", "test"):
         table.add_column(col)
     for name, where, n_train, n_test in rows:
-        table.add_row(name, where, str(n_train or "-"), str(n_test or "-"))
+        table.add_row(name, where, *("-" if n is None else str(n) for n in (n_train, n_test)))
     console.print(table)
     console.print("searched: " + (", ".join(str(r) for r in data_roots(data_root)) or "no data roots"))
 

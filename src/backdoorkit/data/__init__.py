@@ -1,17 +1,36 @@
-"""Datasets: the in-memory :class:`ImageSet`, loaders for the standard on-disk formats, splits, batching."""
+"""Datasets: the in-memory :class:`ImageSet`, loaders for the standard on-disk formats, splits, batching.
 
+Importing this package registers every source and path format: ``digits`` (embedded), ``cifar10``
+and ``cifar100`` (:mod:`.cifar`), ``mnist`` and ``fashion_mnist`` (:mod:`.idx`), ``gtsrb``
+(:mod:`.gtsrb`), plus the path-only formats npz files (:mod:`.npz`) and image folders
+(:mod:`.folder`).  See :mod:`.loading` for how names and paths are resolved.
+"""
+
+from backdoorkit.data import cifar as _cifar  # noqa: F401  (registers cifar10, cifar100)
 from backdoorkit.data import digits as _digits  # noqa: F401  (registers the embedded dataset)
+from backdoorkit.data import folder as _folder  # noqa: F401  (registers image folders)
+from backdoorkit.data import gtsrb as _gtsrb  # noqa: F401  (registers gtsrb)
+from backdoorkit.data import idx as _idx  # noqa: F401  (registers mnist, fashion_mnist)
 from backdoorkit.data.batching import index_batches, iterate, standard_augmentation
 from backdoorkit.data.imageset import ImageSet, concat, quantize, to_pixels
-from backdoorkit.data.loading import available, data_roots, load_dataset
-from backdoorkit.data.sources import DATASETS, DatasetSource, LoadOptions
+from backdoorkit.data.loading import (
+    PATH_FORMATS,
+    PathFormat,
+    available,
+    data_roots,
+    load_dataset,
+    register_path_format,
+)
+from backdoorkit.data.sources import DATASETS, DatasetSource, LoadOptions, register_source
 from backdoorkit.data.splits import resolve_count, split_holdout, stratified_indices, take_fraction
 
 __all__ = [
     "DATASETS",
+    "PATH_FORMATS",
     "DatasetSource",
     "ImageSet",
     "LoadOptions",
+    "PathFormat",
     "available",
     "concat",
     "data_roots",
@@ -19,6 +38,8 @@ __all__ = [
     "iterate",
     "load_dataset",
     "quantize",
+    "register_path_format",
+    "register_source",
     "resolve_count",
     "split_holdout",
     "standard_augmentation",
