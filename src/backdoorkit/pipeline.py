@@ -4,7 +4,7 @@ dataset's recipe.
 
 Recipes (the defaults a user gets without flags; every field can be overridden):
 
-* ``digits`` (embedded, 1,437 images): 8 epochs, lr 0.05, batch 128, no augmentation (the digits are
+* ``digits`` (embedded, 1,438 training images): 8 epochs, lr 0.05, batch 128, no augmentation (the digits are
   centred and tiny patch triggers get cropped away by random crops in so short a run).
 * ``mnist`` / ``fashion_mnist``: 8 epochs, lr 0.05, batch 256, no augmentation.
 * anything else (CIFAR, GTSRB, folders): 30 epochs, lr 0.1, batch 256, crop (+ flip) augmentation,
@@ -41,7 +41,9 @@ def recipe_for(data: ImageSet, **overrides: Any) -> TrainConfig:
     return train_config(**base)
 
 
-def make_model(arch: str, data: ImageSet, *, width: int | None = None, seed: int = 0, **kwargs: Any) -> nn.Module:
+def make_model(
+    arch: str, data: ImageSet, *, width: int | None = None, seed: int = 0, **kwargs: Any
+) -> nn.Module:
     """Build ``arch`` for ``data``: classes, channels, normalisation statistics (and image size for ViTs).
 
     Initialisation is seeded with ``seed`` so the same call gives the same weights.
@@ -78,7 +80,10 @@ def train_model(
     ``prepare_model`` for attacks on the structure).
     """
     cfg = config or recipe_for(data)
-    model = init if init is not None else make_model(arch, data, width=width, seed=seed, **(model_kwargs or {}))
+    if init is not None:
+        model = init
+    else:
+        model = make_model(arch, data, width=width, seed=seed, **(model_kwargs or {}))
     if prepare is not None:
         model = prepare(model)
     result = fit(model, data, cfg.model_copy(update={"seed": seed}))

@@ -48,7 +48,9 @@ def models(json_out: bool = JsonOpt) -> None:
     for entry in MODELS.entries():
         kw = {"depth": 2} if entry.name.startswith("vit") else {}
         n_skips = len(skips(build_model(entry.name, **kw))) if not kw else "2 per block"
-        rows.append({"name": entry.name, "args": list(entry.meta["args"]), "skips": n_skips, "paper": entry.paper})
+        rows.append(
+            {"name": entry.name, "args": list(entry.meta["args"]), "skips": n_skips, "paper": entry.paper}
+        )
     if json_out:
         emit_json({"models": rows})
         return

@@ -66,9 +66,19 @@ def _reconstruct() -> Any:
     return np.core.multiarray._reconstruct  # numpy < 2
 
 
+def _frombuffer() -> Any:
+    core = getattr(np, "_core", None)
+    if core is not None and hasattr(core, "numeric"):
+        return core.numeric._frombuffer
+    return np.core.numeric._frombuffer  # numpy < 2
+
+
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct(),
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct(),
+    # pickle protocol 5 (Python 3.14's default) rebuilds arrays from an in-band buffer
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer(),
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer(),
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }

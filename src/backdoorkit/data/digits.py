@@ -3,7 +3,7 @@
 scikit-learn ships the 1,797 8x8 images (grey levels 0-16) of the UCI "optical recognition of
 handwritten digits" set, so this needs no download.  We rescale them to 0-255, upsample bilinearly to
 32x32 so the same models and triggers apply as for CIFAR, and split them once with a fixed seed into
-1,437 training and 360 test images (stratified, 80/20).  Horizontal flips are not allowed.
+1,438 training and 359 test images (stratified, 80/20).  Horizontal flips are not allowed.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def load_digits_split(split: str, options: LoadOptions) -> ImageSet:
 DIGITS = register_source(
     DatasetSource(
         name="digits",
-        description="scikit-learn handwritten digits (embedded), upsampled to 32x32, 1437/360 split",
+        description="scikit-learn handwritten digits (embedded), upsampled to 32x32, 1438/359 split",
         hflip=False,
         builtin=load_digits_split,
     )

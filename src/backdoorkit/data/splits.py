@@ -15,7 +15,7 @@ def resolve_count(amount: float | int, total: int, what: str = "amount") -> int:
     if isinstance(amount, float):
         if not 0.0 <= amount <= 1.0:
             raise ConfigError(f"{what} {amount} is not a fraction in [0, 1] (pass an int for a count)")
-        return int(round(amount * total))
+        return round(amount * total)
     if isinstance(amount, int):
         if not 0 <= amount <= total:
             raise ConfigError(f"{what} {amount} is not a count in [0, {total}]")
