@@ -1,0 +1,104 @@
+"""``backdoorkit run | report | demo``: the experiment matrix, its reports and the built-in demo."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from backdoorkit.cli.app import app
+from backdoorkit.cli.common import console, err_console
+
+
+@app.command("run")
+def run_cmd(
+    spec: Path = typer.Argument(..., help="The experiment spec (YAML)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Finish the cells not done yet; never redo finished ones."
+    ),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="With --resume: run failed cells again."),
+    force: bool = typer.Option(False, "--force", help="Recompute cells already in the database."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Cells run at once (worker processes or Ray tasks)."),
+    executor: str = typer.Option(
+        "local", "--executor", help="local or ray (pip install 'backdoorkit[ray]')."
+    ),
+    db: Path | None = typer.Option(None, "--db", help="Results database (default: the spec's db)."),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Artefact cache (default: $BACKDOORKIT_CACHE)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no table."),
+) -> None:
+    """Run the attack x defense x dataset x model x seed matrix of SPEC into a results database.
+
+    Exit status 1 when a cell failed (its error is in the database and the report).
+    """
+    from backdoorkit.experiment.report import build_table, load_rows, print_summary
+    from backdoorkit.experiment.runner import run_experiment
+
+    summary = run_experiment(
+        spec,
+        db=db,
+        resume=resume,
+        retry_failed=retry_failed,
+        force=force,
+        jobs=jobs,
+        executor=executor,
+        quiet=quiet,
+        cache_dir=cache_dir,
+        argv=sys.argv[1:],
+    )
+    if not quiet:
+        print_summary(build_table(load_rows(summary.db, summary.spec_hash)), console)
+        console.print(
+            f"{summary.done} done, {summary.failed} failed, {summary.already} already done, "
+            f"{summary.skipped} skipped, {summary.elsewhere} left to another run in {summary.seconds:.1f}s; "
+            f"results in {summary.db}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def report_cmd(
+    db: Path = typer.Argument(..., help="A results database written by `backdoorkit run`."),
+    fmt: str = typer.Option("md", "--format", "-f", help="md, csv or latex."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write report.<ext> and the figures here."),
+    asr_fail: float = typer.Option(0.2, "--asr-fail", help="A defense fails above this ASR (fraction)."),
+    ba_drop: float = typer.Option(10.0, "--ba-drop", help="... or when BA drops more points than this."),
+    spec_hash: str | None = typer.Option(None, "--spec", help="Only the cells of this spec hash (prefix)."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="With --out: also draw figures."),
+) -> None:
+    """Report a results database in the papers' layout (rows = defenses, columns = dataset x attack)."""
+    from backdoorkit.experiment.report import render, write_report
+
+    if out is None:
+        typer.echo(render(db, fmt, asr_fail=asr_fail, ba_drop=ba_drop, spec_hash=spec_hash), nl=False)
+        return
+    written = write_report(
+        db, out, formats=(fmt,), asr_fail=asr_fail, ba_drop=ba_drop, spec_hash=spec_hash, figures=figures
+    )
+    for path in written.values():
+        err_console.print(f"wrote {path}", highlight=False)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where the database and report go."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Cells run at once."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Run the built-in demo (BadNets, Blended, WaNet x every available defense on digits) and report it."""
+    from backdoorkit.experiment.demo import run_demo
+
+    summary, written = run_demo(out, jobs=jobs, quiet=quiet, console=console)
+    if not quiet:
+        console.print(
+            f"demo: {summary.done + summary.already} cells, {summary.failed} failed, "
+            f"{summary.skipped} skipped "
+            f"in {summary.seconds:.0f}s; report in {written.get('md')}",
+            highlight=False,
+            soft_wrap=True,
+        )

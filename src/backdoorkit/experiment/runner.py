@@ -1,0 +1,293 @@
+"""Run an experiment matrix: ``backdoorkit run spec.yaml [--resume] [--jobs N] [--executor local|ray]``.
+
+The runner expands the spec (:mod:`~backdoorkit.experiment.spec`), records every cell in the results
+database (:mod:`~backdoorkit.experiment.store`; skipped combinations with their reason) and computes
+the cells it can claim.  Artefacts are cached by content (:mod:`~backdoorkit.experiment.stages`), so
+nothing is trained twice, across cells or across runs: the clean model is shared by every cell of the
+same dataset x model x seed (x clean fraction), the poisoned set and backdoored model by every defense
+of the same dataset x model x attack x seed.
+
+Scheduling: when several cells share an artefact, it gets its own preparation job first, and the
+cells that need it wait until it is done; meanwhile other jobs run (``--jobs N`` worker processes or
+Ray tasks), so two workers never train the same model.  A failing cell is recorded (error line and
+traceback) and the matrix goes on.  Runs are crash-safe: a killed run (even ``kill -9``) loses at most
+the cells in progress; ``--resume`` finishes the rest and never redoes a finished cell (failed ones
+again only with ``--retry-failed``).  Without ``--resume`` a run refuses a database that already holds
+cells of its spec (``--force`` recomputes them, from the artefact cache where possible).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backdoorkit.cache import ArtifactCache
+from backdoorkit.errors import ConfigError
+from backdoorkit.experiment.executors import Executor, make_executor
+from backdoorkit.experiment.progress import Progress, describe
+from backdoorkit.experiment.spec import NO_ATTACK, Cell, Plan, Spec, expand, load_spec
+from backdoorkit.experiment.stages import one_line
+from backdoorkit.experiment.store import ResultStore
+
+
+@dataclass
+class Job:
+    """A unit of work: a cell, or a shared artefact (``clean`` model, ``backdoor`` = poison + model)."""
+
+    kind: str
+    key: str
+    cell: Cell
+    deps: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunSummary:
+    """What a run did."""
+
+    db: Path
+    spec_hash: str
+    planned: int
+    skipped: int
+    done: int = 0
+    failed: int = 0
+    already: int = 0
+    elsewhere: int = 0
+    seconds: float = 0.0
+    skips: list[tuple[str, str]] = field(default_factory=list)
+
+
+def default_db(spec: Spec) -> Path:
+    return spec.resolve(spec.db) or Path("runs") / spec.name / "results.db"
+
+
+def _trunk(cell: Cell) -> str:
+    return cell.clean_group() if cell.attack == NO_ATTACK else cell.trunk()
+
+
+def plan_jobs(cells: list[Cell]) -> list[Job]:
+    """Cells in matrix order, each shared artefact needed by two or more cells as a job before them."""
+    clean_needs = Counter(c.clean_group() for c in cells if c.clean_model or c.attack == NO_ATTACK)
+    trunk_needs = Counter(_trunk(c) for c in cells)
+    order: dict[str, list[Cell]] = {}
+    for c in cells:
+        order.setdefault(_trunk(c), []).append(c)
+    jobs: list[Job] = []
+    made: set[str] = set()
+    for trunk, members in order.items():
+        first = members[0]
+        group = first.clean_group()
+        if clean_needs[group] >= 2 and group not in made:
+            jobs.append(Job("clean", group, first))
+            made.add(group)
+        if trunk_needs[trunk] >= 2 and trunk not in made:
+            jobs.append(Job("backdoor", trunk, first))
+            made.add(trunk)
+        for c in members:
+            deps = [
+                k
+                for k in {c.clean_group() if (c.clean_model or c.attack == NO_ATTACK) else None, _trunk(c)}
+                if k in made
+            ]
+            jobs.append(Job("cell", c.hash, c, sorted(deps)))
+    return jobs
+
+
+def _failed_result(error: BaseException) -> dict[str, Any]:
+    import traceback
+
+    return {
+        "status": "failed",
+        "error": one_line(error),
+        "traceback": "".join(traceback.format_exception(error)),
+        "seconds": 0.0,
+        "stages": {},
+    }
+
+
+class Scheduler:
+    """Dispatches jobs whose dependencies are done, claims cells, records results."""
+
+    def __init__(
+        self,
+        jobs: list[Job],
+        *,
+        store: ResultStore,
+        run_id: str,
+        executor: Executor,
+        cache_root: Path,
+        progress: Progress,
+        retry_failed: bool,
+    ) -> None:
+        self.waiting = list(jobs)
+        self.store = store
+        self.run_id = run_id
+        self.executor = executor
+        self.cache_root = str(cache_root)
+        self.progress = progress
+        self.retry_failed = retry_failed
+        self.finished: set[str] = set()
+        self.inflight: dict[Future, Job] = {}
+        self.done = 0
+        self.failed = 0
+        self.elsewhere = 0
+
+    def _next_ready(self) -> Job | None:
+        for job in self.waiting:
+            if all(d in self.finished for d in job.deps):
+                self.waiting.remove(job)
+                return job
+        return None
+
+    def _payload(self, job: Job) -> dict[str, Any]:
+        return {"kind": job.kind, "cell": job.cell, "cache": self.cache_root}
+
+    def _record(self, job: Job, result: dict[str, Any]) -> None:
+        self.finished.add(job.key)
+        if job.kind != "cell":
+            self.progress.prepared(job.key, result)
+            return
+        self.store.finish(job.cell.hash, self.run_id, result)
+        if result.get("status") == "done":
+            self.done += 1
+        else:
+            self.failed += 1
+        self.progress.finished(job.cell, result)
+
+    def run(self) -> None:
+        try:
+            while self.waiting or self.inflight:
+                while len(self.inflight) < self.executor.slots:
+                    job = self._next_ready()
+                    if job is None:
+                        break
+                    if job.kind == "cell":
+                        if not self.store.claim(job.cell.hash, self.run_id, retry_failed=self.retry_failed):
+                            self.finished.add(job.key)
+                            self.elsewhere += 1
+                            self.progress.taken_elsewhere()
+                            continue
+                        self.progress.started(job.cell.hash, describe(job.cell))
+                    else:
+                        self.progress.started(job.key, f"{job.kind}: {describe(job.cell)}", prep=True)
+                    try:
+                        fut = self.executor.submit(self._payload(job))
+                    except Exception as exc:  # the executor itself failed (broken pool ...)
+                        self._record(job, _failed_result(exc))
+                        continue
+                    self.inflight[fut] = job
+                if not self.inflight:
+                    if self.waiting:  # dependencies that can never finish (should not happen)
+                        for job in self.waiting:
+                            self.finished.add(job.key)
+                        continue
+                    break
+                done, _ = wait(list(self.inflight), timeout=1.0, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job = self.inflight.pop(fut)
+                    try:
+                        result = fut.result()
+                    except Exception as exc:  # a worker died (killed, out of memory ...)
+                        result = _failed_result(exc)
+                        result["error"] = f"worker failed: {result['error']}"
+                    self._record(job, result)
+        finally:
+            for fut, job in list(self.inflight.items()):
+                fut.cancel()
+                if job.kind == "cell":
+                    self.store.release(job.cell.hash, self.run_id)
+
+
+def run_experiment(
+    spec: Spec | str | Path,
+    *,
+    db: str | Path | None = None,
+    resume: bool = False,
+    retry_failed: bool = False,
+    force: bool = False,
+    jobs: int = 1,
+    executor: str = "local",
+    quiet: bool = False,
+    live: bool | None = None,
+    cache_dir: str | Path | None = None,
+    argv: list[str] | None = None,
+) -> RunSummary:
+    """Run (or resume) the matrix of ``spec``; returns a :class:`RunSummary`."""
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: need at least one job")
+    plan = expand(spec)
+    db_path = Path(db).expanduser() if db is not None else default_db(spec)
+    cache_root = (
+        Path(cache_dir).expanduser()
+        if cache_dir is not None
+        else (spec.resolve(spec.cache_dir) or ArtifactCache().root)
+    )
+    store = ResultStore(db_path)
+    store.register(plan)
+    runnable = plan.runnable
+    statuses = store.statuses([c.hash for c in runnable])
+    present = Counter(s for s in statuses.values() if s != "pending")
+    if present and not (resume or force):
+        what = ", ".join(f"{n} {s}" for s, n in sorted(present.items()))
+        raise ConfigError(
+            f"{db_path}: {sum(present.values())} of the {len(runnable)} cells of this spec are "
+            "already in the "
+            f"database ({what}); pass --resume to finish the rest or --force to recompute them"
+        )
+    if force:
+        store.reset([c.hash for c in runnable])
+        statuses = store.statuses([c.hash for c in runnable])
+    todo = [
+        c
+        for c in runnable
+        if statuses.get(c.hash) in ("pending", "running")
+        or (retry_failed and statuses.get(c.hash) == "failed")
+    ]
+    already = len(runnable) - len(todo)
+    summary = RunSummary(
+        db_path,
+        plan.spec_hash,
+        len(runnable),
+        len(plan.skipped),
+        already=already,
+        skips=[(describe(c), c.skip_reason or "") for c in plan.skipped],
+    )
+    start = time.perf_counter()
+    run_id = store.start_run(plan.spec_hash, spec.name, argv or [])
+    ex: Executor | None = None
+    try:
+        with store.heartbeat(run_id):
+            if not todo:
+                return summary
+            ex = make_executor(executor, jobs, spec.ray)
+            with Progress(
+                len(todo), slots=ex.slots, quiet=quiet, live=live, skipped=len(plan.skipped), already=already
+            ) as progress:
+                sched = Scheduler(
+                    plan_jobs(todo),
+                    store=store,
+                    run_id=run_id,
+                    executor=ex,
+                    cache_root=cache_root,
+                    progress=progress,
+                    retry_failed=retry_failed,
+                )
+                sched.run()
+            summary.done, summary.failed, summary.elsewhere = sched.done, sched.failed, sched.elsewhere
+    finally:
+        if ex is not None:
+            ex.shutdown()
+        store.finish_run(run_id)
+        summary.seconds = time.perf_counter() - start
+        store.close()
+    return summary
+
+
+def plan_of(spec: Spec | str | Path) -> Plan:
+    """The expanded matrix of a spec (no database, nothing run)."""
+    return expand(spec if isinstance(spec, Spec) else load_spec(spec))

@@ -1,0 +1,1002 @@
+"""Experiment specs: a YAML file, validated, expanded into the matrix of cells.
+
+A spec names datasets, models (with width), training budgets, attacks and defenses with their
+parameters, the clean-data fraction, seeds and where things go::
+
+    name: example
+    datasets: [digits]                 # registered names or paths; {name, subset, test_subset, ...}
+    models: [{arch: resnet18, width: 8}]
+    train: {epochs: 4}                 # TrainConfig fields over the dataset's recipe
+    attacks:
+      - badnets
+      - {name: blended, params: {alpha: [0.1, 0.2]}}   # lists expand
+    defenses: [none, "*"]              # "*" = every registered defense the scenarios allow
+    clean_fraction: 0.1                # the defender's clean holdout, split off before poisoning
+    seeds: [0, 1]
+    device: auto
+    db: results.db                     # relative paths resolve against the spec file's folder
+
+Every list expands into the matrix dataset x model x attack x defense x seed (x clean fraction);
+lists inside parameters expand too, except for parameters that take a list themselves, which
+expand only when given a list of lists.  A defense runs in the first scenario it declares that the
+experiment offers (``scenarios``, S1/S2/S3; S1 and S2 need ``clean_fraction > 0``); a combination no
+offered scenario allows is kept as a *skipped* cell with the reason.
+
+A cell's hash is the hash of the canonical JSON (sorted keys) of what determines its result: the
+dataset's identity (name, or the content digest of a path), the model, the training overrides, the
+attack and defense with every parameter resolved (defaults included), the scenario, the seed and the
+clean fraction.  It does not depend on key order, list position, labels, the device or the spec
+file's location.  Validation errors are one-line :class:`~backdoorkit.errors.ConfigError` naming the
+key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import functools
+import hashlib
+import itertools
+import json
+import types
+import typing
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from backdoorkit.cache import hash_key
+from backdoorkit.errors import BackdoorkitError, ConfigError
+
+SCENARIOS = ("S1", "S2", "S3")
+NO_ATTACK = "none"
+NO_DEFENSE = "none"
+ALL_DEFENSES = "*"
+SCENARIO_NEEDS_CLEAN = {"S1", "S2"}
+
+
+# ---------------------------------------------------------------------------------------- the schema
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _as_entry(value: Any, key: str) -> Any:
+    return {key: value} if isinstance(value, str) else value
+
+
+def _as_list(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+class DatasetEntry(_Strict):
+    """One dataset: a registered name or a path, optionally reduced (``subset``) for quick runs."""
+
+    name: str
+    label: str | None = None
+    subset: int | float | None = Field(None, description="stratified sample of the train split (seed 0)")
+    test_subset: int | float | None = Field(None, description="stratified sample of the test split")
+    image_size: int | None = Field(None, ge=4)
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides for this dataset")
+
+
+class ModelEntry(_Strict):
+    """One architecture; ``width`` and ``kwargs`` values may be lists (they expand)."""
+
+    arch: str
+    width: int | list[int] | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides for this model")
+    label: str | None = None
+
+
+class AttackEntry(_Strict):
+    """One attack (``none`` = no poisoning) with parameters; ``target``/``rate`` are shorthands."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    target: int | list[int] | None = None
+    rate: float | int | list[float | int] | None = None
+    label: str | None = None
+    optional: bool = Field(False, description="skip (with a reason) when the attack is not registered")
+
+
+class DefenseEntry(_Strict):
+    """One defense (``none`` = no defense, ``*`` = every registered one) with parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    scenario: Literal["S1", "S2", "S3"] | None = None
+    label: str | None = None
+    optional: bool = Field(False, description="skip (with a reason) when the defense is not registered")
+    exclude: list[str] = Field(default_factory=list, description='with name "*": defenses to leave out')
+
+
+class RaySettings(_Strict):
+    """Resources requested per cell by the Ray executor."""
+
+    address: str | None = None
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class Spec(_Strict):
+    """A validated experiment spec (see the module docstring)."""
+
+    name: str = "experiment"
+    datasets: list[DatasetEntry]
+    data_root: str | None = None
+    models: list[ModelEntry]
+    train: dict[str, Any] = Field(default_factory=dict)
+    attacks: list[AttackEntry]
+    defenses: list[DefenseEntry] = Field(default_factory=lambda: [DefenseEntry(name=NO_DEFENSE)])
+    clean_fraction: float | list[float] = 0.1
+    scenarios: list[Literal["S1", "S2", "S3"]] = Field(default_factory=lambda: list(SCENARIOS))
+    seeds: int | list[int] = 0
+    device: str = "auto"
+    clean_model: bool = Field(True, description="train a clean reference model per dataset x model x seed")
+    cache_dir: str | None = None
+    db: str | None = None
+    ray: RaySettings = Field(default_factory=RaySettings)
+    base_dir: str | None = Field(
+        None, description="where relative paths resolve (default: the spec's folder)"
+    )
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _datasets(cls, v: Any) -> Any:
+        return [_as_entry(x, "name") for x in _as_list(v)]
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, v: Any) -> Any:
+        return [_as_entry(x, "arch") for x in _as_list(v)]
+
+    @field_validator("attacks", "defenses", mode="before")
+    @classmethod
+    def _methods(cls, v: Any) -> Any:
+        return [_as_entry(x, "name") for x in _as_list(v)]
+
+    @field_validator("scenarios", mode="before")
+    @classmethod
+    def _scenarios(cls, v: Any) -> Any:
+        return [str(x).upper() for x in _as_list(v)]
+
+    @field_validator("clean_fraction")
+    @classmethod
+    def _fractions(cls, v: float | list[float]) -> float | list[float]:
+        for f in _as_list(v):
+            if not 0.0 <= float(f) < 1.0:
+                raise ValueError(f"clean_fraction {f} is not a fraction in [0, 1)")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: int | list[int]) -> int | list[int]:
+        values = _as_list(v)
+        if not values:
+            raise ValueError("seeds is empty")
+        if any(s < 0 for s in values):
+            raise ValueError("seeds must be >= 0")
+        return v
+
+    # -------------------------------------------------------------------- conveniences
+    @property
+    def seed_list(self) -> list[int]:
+        return [int(s) for s in _as_list(self.seeds)]
+
+    @property
+    def fraction_list(self) -> list[float]:
+        return [float(f) for f in _as_list(self.clean_fraction)]
+
+    def resolve(self, path: str | None) -> Path | None:
+        """A path from the spec, made absolute against ``base_dir``."""
+        if path is None:
+            return None
+        p = Path(path).expanduser()
+        if not p.is_absolute() and self.base_dir is not None:
+            p = Path(self.base_dir) / p
+        return p
+
+
+# ---------------------------------------------------------------------------------------- loading
+def parse_spec(data: dict[str, Any], *, base_dir: str | Path | None = None) -> Spec:
+    """Validate a spec given as a mapping; errors are one-line :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"spec: expected a mapping of keys, got {type(data).__name__}")
+    data = dict(data)
+    if base_dir is not None and data.get("base_dir") is None:
+        data["base_dir"] = str(Path(base_dir).resolve())
+    try:
+        spec = Spec(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, Spec, "spec")) from None
+    check_spec(spec)
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a YAML spec file (relative paths resolve against its folder)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such spec file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    try:
+        return parse_spec(data or {}, base_dir=path.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path.name}: {exc}") from None
+
+
+def _model_class(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model class inside an annotation (through lists, unions, optionals)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_class(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(exc: ValidationError, root: type[BaseModel], owner: str) -> str:
+    """The first pydantic error as one line naming the key and, for unknown keys, the allowed ones."""
+    err = exc.errors()[0]
+    loc = list(err.get("loc", ()))
+    where = _loc_text(loc)
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden" and loc:
+        cls: type[BaseModel] | None = root
+        for part in loc[:-1]:
+            if isinstance(part, int) or cls is None:
+                continue
+            info = cls.model_fields.get(str(part))
+            cls = _model_class(info.annotation) if info is not None else None
+        allowed = ", ".join(cls.model_fields) if cls is not None else "?"
+        parent = _loc_text(loc[:-1])
+        return f"{owner}: {parent + ': ' if parent else ''}unknown key {loc[-1]!r}; allowed: {allowed}"
+    if err.get("type") == "literal_error":
+        return f"{owner}: {where}: {msg}"
+    return f"{owner}: {where + ': ' if where else ''}{msg}"
+
+
+def _loc_text(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- semantic checks
+def _registries() -> tuple[Any, Any, Any, Any]:
+    from backdoorkit.attacks import ATTACKS
+    from backdoorkit.data import DATASETS
+    from backdoorkit.defenses import DEFENSES
+    from backdoorkit.models.registry import MODELS
+
+    return DATASETS, MODELS, ATTACKS, DEFENSES
+
+
+def _train_fields() -> list[str]:
+    from backdoorkit.train import TrainConfig
+
+    return list(TrainConfig.model_fields)
+
+
+def _check_train(where: str, overrides: dict[str, Any]) -> None:
+    allowed = _train_fields()
+    for key in overrides:
+        if key not in allowed:
+            raise ConfigError(f"spec: {where}: unknown training key {key!r}; allowed: {', '.join(allowed)}")
+
+
+def check_spec(spec: Spec) -> None:
+    """Names, keys and ranges that pydantic alone cannot check (registries, parameter names)."""
+    datasets, models, attacks, defenses = _registries()
+    for i, ds in enumerate(spec.datasets):
+        if ds.name.lower() not in datasets and not _dataset_path(spec, ds.name).exists():
+            raise ConfigError(
+                f"spec: datasets[{i}]: unknown dataset {ds.name!r}; "
+                f"registered: {', '.join(datasets.names())} "
+                "(or give a path to a dataset file or folder)"
+            )
+        for key in ("subset", "test_subset"):
+            value = getattr(ds, key)
+            if value is not None and (value <= 0 or (isinstance(value, float) and value > 1)):
+                raise ConfigError(
+                    f"spec: datasets[{i}].{key}: {value} is neither a fraction in (0, 1] nor a count >= 1"
+                )
+        _check_train(f"datasets[{i}].train", ds.train)
+    _check_train("train", spec.train)
+    for i, m in enumerate(spec.models):
+        if m.arch.lower() not in models:
+            raise ConfigError(
+                f"spec: models[{i}]: unknown model {m.arch!r}; available: {', '.join(models.names())}"
+            )
+        accepted = models.entry(m.arch).meta["args"]
+        if m.width is not None and "width" not in accepted:
+            raise ConfigError(
+                f"spec: models[{i}]: {m.arch} takes no width; it takes {', '.join(accepted) or 'nothing'}"
+            )
+        for key in m.kwargs:
+            if key not in accepted or key == "width":
+                raise ConfigError(
+                    f"spec: models[{i}].kwargs: {m.arch} does not take {key!r}; allowed: "
+                    + (", ".join(a for a in accepted if a != "width") or "nothing besides width")
+                )
+        _check_train(f"models[{i}].train", m.train)
+    for i, a in enumerate(spec.attacks):
+        if a.name.lower() == NO_ATTACK:
+            continue
+        if a.name.lower() not in attacks:
+            if a.optional:
+                continue
+            known = ", ".join([NO_ATTACK, *attacks.names()])
+            raise ConfigError(
+                f"spec: attacks[{i}]: unknown attack {a.name!r}{_hint(a.name, attacks.names())}; "
+                f"available: {known}"
+            )
+        fields = list(attacks.get(a.name).Params.model_fields)
+        for key in a.params:
+            if key not in fields:
+                raise ConfigError(
+                    f"spec: attacks[{i}].params: unknown key {key!r} for {a.name}; "
+                    f"allowed: {', '.join(fields)}"
+                )
+    for i, d in enumerate(spec.defenses):
+        name = d.name.lower()
+        if name == ALL_DEFENSES:
+            for key, value in d.params.items():
+                if key in defenses and isinstance(value, dict):
+                    fields = list(defenses.get(key).Params.model_fields)
+                    for pkey in value:
+                        if pkey not in fields:
+                            raise ConfigError(
+                                f"spec: defenses[{i}].params.{key}: unknown key {pkey!r} for {key}; "
+                                f"allowed: {', '.join(fields) or 'none'}"
+                            )
+                    continue
+                if key in defenses:
+                    raise ConfigError(f"spec: defenses[{i}].params.{key}: expected a mapping of parameters")
+                if key not in defenses:
+                    raise ConfigError(
+                        f'spec: defenses[{i}].params: with name "*" the keys are defense names; '
+                        f"{key!r} is not "
+                        f"registered (available: {', '.join(defenses.names()) or 'none'})"
+                    )
+            continue
+        if d.exclude:
+            raise ConfigError(f'spec: defenses[{i}].exclude: only allowed with name "*"')
+        if name == NO_DEFENSE:
+            if d.params:
+                raise ConfigError(f"spec: defenses[{i}]: the 'none' defense takes no params")
+            continue
+        if name not in defenses:
+            if d.optional:
+                continue
+            known = ", ".join([NO_DEFENSE, ALL_DEFENSES, *defenses.names()])
+            raise ConfigError(
+                f"spec: defenses[{i}]: unknown defense {d.name!r}{_hint(d.name, defenses.names())}; "
+                f"available: {known}"
+            )
+        fields = list(defenses.get(d.name).Params.model_fields)
+        for key in d.params:
+            if key not in fields:
+                raise ConfigError(
+                    f"spec: defenses[{i}].params: unknown key {key!r} for {d.name}; "
+                    f"allowed: {', '.join(fields) or 'none'}"
+                )
+    if not spec.scenarios:
+        raise ConfigError(f"spec: scenarios is empty; allowed: {', '.join(SCENARIOS)}")
+    if spec.device != "auto":
+        import torch
+
+        try:
+            torch.device(spec.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(
+                f"spec: device: {spec.device!r} is not a device (auto, cpu, cuda, cuda:1 ...)"
+            ) from None
+
+
+def _hint(name: str, names: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _dataset_path(spec: Spec, name: str) -> Path:
+    return spec.resolve(name) or Path(name)
+
+
+# ---------------------------------------------------------------------------------------- cells
+@dataclass(frozen=True)
+class DatasetRef:
+    """How a cell loads its data (hashable, so workers can cache loaded sets by it)."""
+
+    name: str
+    label: str
+    subset: int | float | None = None
+    test_subset: int | float | None = None
+    image_size: int | None = None
+    data_root: str | None = None
+    identity: str = ""
+
+    def identity_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.identity,
+            "subset": self.subset,
+            "test_subset": self.test_subset,
+            "image_size": self.image_size,
+        }
+
+
+@dataclass
+class Cell:
+    """One cell of the matrix: everything a worker needs to compute one result row."""
+
+    dataset: DatasetRef
+    model: dict[str, Any]
+    model_label: str
+    train: dict[str, Any]
+    attack: str
+    attack_params: dict[str, Any]
+    attack_label: str
+    defense: str
+    defense_params: dict[str, Any]
+    defense_label: str
+    defense_kind: str
+    scenario: str | None
+    seed: int
+    clean_fraction: float
+    clean_model: bool = True
+    device: str = "auto"
+    skip_reason: str | None = None
+    requested_scenario: str | None = None
+    hash: str = ""
+
+    # identity ------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """What determines this cell's result (hashed canonically)."""
+        return {
+            "dataset": self.dataset.identity_dict(),
+            "model": self.model,
+            "train": self.train,
+            "attack": {"name": self.attack, "params": self.attack_params},
+            "defense": {
+                "name": self.defense,
+                "params": self.defense_params,
+                # a skipped cell has no scenario; the one it asked for tells skips apart
+                "scenario": self.scenario
+                if self.skip_reason is None
+                else {"requested": self.requested_scenario},
+            },
+            "seed": self.seed,
+            "clean_fraction": self.clean_fraction,
+        }
+
+    def clean_group(self) -> str:
+        """Cells sharing the clean reference model."""
+        ident = self.identity()
+        return hash_key(
+            "clean", ident["dataset"], ident["model"], ident["train"], self.seed, self.clean_fraction
+        )
+
+    def trunk(self) -> str:
+        """Cells sharing the poisoned set and the backdoored model."""
+        return hash_key("trunk", self.clean_group(), self.attack, self.attack_params)
+
+    @property
+    def runnable(self) -> bool:
+        return self.skip_reason is None
+
+    def coordinates(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset.label,
+            "model": self.model_label,
+            "attack": self.attack_label,
+            "defense": self.defense_label,
+            "seed": self.seed,
+            "clean_fraction": self.clean_fraction,
+        }
+
+
+def canonical(obj: Any) -> Any:
+    """JSON-normalised copy (tuples -> lists, sorted keys when dumped, non-JSON -> str)."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def cell_hash(identity: dict[str, Any]) -> str:
+    return hash_key(canonical(identity))
+
+
+# ---------------------------------------------------------------------------------------- expansion
+def _takes_sequence(annotation: Any) -> bool:
+    """Whether a parameter annotation accepts a list/tuple value (so a plain list does not expand)."""
+    if annotation in (list, tuple, set, frozenset):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.Iterable):
+        return True
+    if origin in (typing.Union, types.UnionType, typing.Annotated):
+        return any(_takes_sequence(a) for a in typing.get_args(annotation))
+    return False
+
+
+def expand_values(
+    values: dict[str, Any], sequence_keys: set[str] | frozenset[str] = frozenset()
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Cartesian product over list values; returns ``[(values, varied)]``.
+
+    ``varied`` holds the keys that took several values (for labels).  A key in ``sequence_keys``
+    (a parameter that takes a list itself) expands only when given a list of lists.
+    """
+    axes: list[tuple[str, list[Any]]] = []
+    for key in sorted(values):
+        v = values[key]
+        if isinstance(v, list) and (key not in sequence_keys or (v and all(isinstance(x, list) for x in v))):
+            if not v:
+                raise ConfigError(f"spec: {key}: empty list")
+            axes.append((key, v))
+        else:
+            axes.append((key, [v]))
+    out = []
+    for combo in itertools.product(*(vals for _, vals in axes)):
+        chosen = {k: c for (k, _), c in zip(axes, combo, strict=True)}
+        varied = {k: c for (k, vals), c in zip(axes, combo, strict=True) if len(vals) > 1}
+        out.append((chosen, varied))
+    return out
+
+
+def _flatten(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}{k}": v for k, v in d.items()}
+
+
+def _unflatten(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return json.dumps(v) if isinstance(v, list | dict) else str(v)
+
+
+def _label(base: str, varied: dict[str, Any]) -> str:
+    if not varied:
+        return base
+    return base + " " + ",".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in sorted(varied.items()))
+
+
+def _train_sequence_keys(prefix: str) -> set[str]:
+    from backdoorkit.train import TrainConfig
+
+    return {f"{prefix}{k}" for k, f in TrainConfig.model_fields.items() if _takes_sequence(f.annotation)}
+
+
+def _param_sequence_keys(params_cls: type[BaseModel]) -> set[str]:
+    return {k for k, f in params_cls.model_fields.items() if _takes_sequence(f.annotation)}
+
+
+@dataclass
+class _Variant:
+    kind: str
+    name: str
+    label: str
+    params: dict[str, Any]
+    identity: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+    skip: str | None = None
+    explicit_label: bool = False
+
+
+def _disambiguate(variants: list[_Variant]) -> None:
+    """Give different variants that ended up with the same label distinct labels."""
+    by_label: dict[str, list[_Variant]] = {}
+    for v in variants:
+        by_label.setdefault(v.label, []).append(v)
+    for label, group in by_label.items():
+        idents = {json.dumps(canonical(v.identity), sort_keys=True) for v in group}
+        if len(idents) < 2:
+            continue
+        keys = sorted({k for v in group for k in _flat_items(v.params)})
+        differ = [k for k in keys if len({_fmt(_flat_items(v.params).get(k)) for v in group}) > 1]
+        for v in group:
+            if v.explicit_label:
+                continue
+            flat = _flat_items(v.params)
+            v.label = _label(label, {k: flat.get(k) for k in differ}) if differ else label
+
+
+def _flat_items(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_items(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _dataset_variants(spec: Spec) -> list[_Variant]:
+    datasets = _registries()[0]
+    out = []
+    for ds in spec.datasets:
+        registered = ds.name.lower() in datasets
+        if registered:
+            source = {"name": ds.name.lower()}
+            name = ds.name.lower()
+            base = ds.label or name
+        else:
+            path = _dataset_path(spec, ds.name).resolve()
+            source = {"content": content_digest(path)}
+            name = str(path)
+            base = ds.label or path.stem
+        flat = _flatten("train.", ds.train)
+        for values, varied in expand_values(flat, _train_sequence_keys("train.")):
+            train = _unflatten(values, "train.")
+            ref = DatasetRef(
+                name=name,
+                label=_label(base, varied) if not ds.label else ds.label,
+                subset=ds.subset,
+                test_subset=ds.test_subset,
+                image_size=ds.image_size,
+                data_root=str(spec.resolve(spec.data_root)) if spec.data_root else None,
+                identity=json.dumps(source, sort_keys=True),
+            )
+            ident = {"ref": ref.identity_dict(), "train": train}
+            out.append(
+                _Variant(
+                    "dataset",
+                    name,
+                    ref.label,
+                    {"train": train},
+                    ident,
+                    {"ref": ref, "train": train},
+                    explicit_label=ds.label is not None,
+                )
+            )
+    _disambiguate(out)
+    for v in out:
+        v.extra["ref"] = replace(v.extra["ref"], label=v.label)
+    return out
+
+
+def _model_variants(spec: Spec) -> list[_Variant]:
+    out = []
+    for m in spec.models:
+        arch = m.arch.lower()
+        flat: dict[str, Any] = {"width": m.width}
+        flat.update(_flatten("kwargs.", m.kwargs))
+        flat.update(_flatten("train.", spec.train))
+        flat.update(_flatten("mtrain.", m.train))
+        seq = _train_sequence_keys("train.") | _train_sequence_keys("mtrain.")
+        for values, varied in expand_values(flat, seq):
+            width = values["width"]
+            kwargs = _unflatten(values, "kwargs.")
+            spec_train = _unflatten(values, "train.")
+            model_train = _unflatten(values, "mtrain.")
+            train = {**spec_train, **model_train}
+            base = m.label or (f"{arch}-w{width}" if width is not None else arch)
+            model = {"arch": arch, "width": width, "kwargs": kwargs}
+            varied = {k: v for k, v in varied.items() if k != "width"} if m.label is None else {}
+            label = _label(base, varied) if m.label is None else m.label
+            ident = {"model": model, "train": train}
+            out.append(
+                _Variant(
+                    "model",
+                    arch,
+                    label,
+                    {"width": width, "kwargs": kwargs, "train": train},
+                    ident,
+                    {"model": model, "train": spec_train, "model_train": model_train},
+                    explicit_label=m.label is not None,
+                )
+            )
+    _disambiguate(out)
+    return out
+
+
+def _attack_variants(spec: Spec) -> list[_Variant]:
+    attacks = _registries()[2]
+    out = []
+    for i, a in enumerate(spec.attacks):
+        name = a.name.lower()
+        params = dict(a.params)
+        if a.target is not None:
+            params["target"] = a.target
+        if a.rate is not None:
+            params["rate"] = a.rate
+        if name == NO_ATTACK:
+            out.append(
+                _Variant(
+                    "attack",
+                    NO_ATTACK,
+                    a.label or NO_ATTACK,
+                    {},
+                    {"name": NO_ATTACK, "params": {}},
+                    explicit_label=a.label is not None,
+                )
+            )
+            continue
+        if name not in attacks:  # optional and missing
+            label = a.label or name
+            out.append(
+                _Variant(
+                    "attack",
+                    name,
+                    label,
+                    params,
+                    {"name": name, "params": canonical(params)},
+                    skip=f"attack {name!r} is not registered in this installation",
+                    explicit_label=a.label is not None,
+                )
+            )
+            continue
+        cls = attacks.get(name)
+        for values, varied in expand_values(params, _param_sequence_keys(cls.Params)):
+            try:
+                attack = cls(**values)
+            except BackdoorkitError as exc:
+                raise ConfigError(f"spec: attacks[{i}]: {exc}") from None
+            described = canonical({k: v for k, v in attack.describe().items() if k != "attack"})
+            label = a.label or _label(name, varied)
+            out.append(
+                _Variant(
+                    "attack",
+                    name,
+                    label,
+                    values,
+                    {"name": name, "params": described},
+                    {"params": described},
+                    explicit_label=a.label is not None,
+                )
+            )
+    _disambiguate(out)
+    return out
+
+
+def _defense_variants(spec: Spec) -> list[_Variant]:
+    defenses = _registries()[3]
+    out: list[_Variant] = []
+    explicit = {d.name.lower() for d in spec.defenses}
+    for i, d in enumerate(spec.defenses):
+        name = d.name.lower()
+        if name == NO_DEFENSE:
+            out.append(
+                _Variant(
+                    "defense",
+                    NO_DEFENSE,
+                    d.label or NO_DEFENSE,
+                    {},
+                    {"name": NO_DEFENSE, "params": {}},
+                    {"kind": "none", "scenario": d.scenario},
+                    explicit_label=d.label is not None,
+                )
+            )
+            continue
+        if name == ALL_DEFENSES:
+            excluded = {x.lower() for x in d.exclude}
+            for entry in defenses.entries():
+                if entry.name in explicit or entry.name in excluded:
+                    continue
+                given = dict(d.params.get(entry.name) or {})
+                out.extend(
+                    _one_defense(
+                        entry.name,
+                        given,
+                        None,
+                        d.scenario,
+                        where=f"defenses[{i}].params.{entry.name}",
+                        lenient=not given,
+                    )
+                )
+            continue
+        if name not in defenses:  # optional and missing
+            out.append(
+                _Variant(
+                    "defense",
+                    name,
+                    d.label or name,
+                    d.params,
+                    {"name": name, "params": canonical(d.params)},
+                    {"kind": "?", "scenario": d.scenario},
+                    skip=f"defense {name!r} is not registered in this installation",
+                    explicit_label=d.label is not None,
+                )
+            )
+            continue
+        out.extend(
+            _one_defense(name, dict(d.params), d.label, d.scenario, where=f"defenses[{i}]", lenient=False)
+        )
+    _disambiguate(out)
+    return out
+
+
+def _one_defense(
+    name: str, params: dict[str, Any], label: str | None, scenario: str | None, *, where: str, lenient: bool
+) -> list[_Variant]:
+    """Variants of one registered defense; ``lenient``: a defense that cannot be built with its defaults
+    becomes a skipped variant instead of an error (for ``"*"``)."""
+    defenses = _registries()[3]
+    cls = defenses.get(name)
+    out = []
+    for values, varied in expand_values(params, _param_sequence_keys(cls.Params)):
+        try:
+            defense = cls(**values)
+        except BackdoorkitError as exc:
+            if not lenient:
+                raise ConfigError(f"spec: {where}: {exc}") from None
+            out.append(
+                _Variant(
+                    "defense",
+                    name,
+                    label or name,
+                    values,
+                    {"name": name, "params": canonical(values)},
+                    {"kind": cls.kind, "scenario": scenario, "scenarios": _scenarios_of(cls)},
+                    skip=f"{name} cannot run with default parameters ({exc})",
+                )
+            )
+            continue
+        described = canonical({k: v for k, v in defense.describe().items() if k != "defense"})
+        out.append(
+            _Variant(
+                "defense",
+                name,
+                label or _label(name, varied),
+                values,
+                {"name": name, "params": described},
+                {
+                    "kind": cls.kind,
+                    "scenario": scenario,
+                    "scenarios": _scenarios_of(cls),
+                    "params": described,
+                },
+                explicit_label=label is not None,
+            )
+        )
+    return out
+
+
+def _scenarios_of(cls: Any) -> list[str]:
+    return [str(getattr(s, "value", s)) for s in cls.scenarios]
+
+
+SCENARIO_TEXT = {
+    "S1": "a suspicious model and a small clean set",
+    "S2": "an untrusted training set and a clean holdout",
+    "S3": "an untrusted training set without clean data",
+}
+
+
+def choose_scenario(
+    defense: str, serves: list[str], offered: list[str], pinned: str | None, clean_fraction: float
+) -> tuple[str | None, str | None]:
+    """``(scenario, None)`` for the first scenario ``defense`` serves that the experiment offers, or
+    ``(None, reason)`` when there is none."""
+    needs = "; or ".join(f"{s} ({SCENARIO_TEXT[s]})" for s in serves) or "no scenario"
+    if pinned is not None and pinned not in serves:
+        return (
+            None,
+            f"{defense} needs {needs}, but it was asked to run in {pinned}, "
+            f"which gives {SCENARIO_TEXT[pinned]}",
+        )
+    wanted = [pinned] if pinned is not None else offered
+    available = [
+        s for s in wanted if s in offered and not (s in SCENARIO_NEEDS_CLEAN and clean_fraction <= 0)
+    ]
+    for s in serves:
+        if s in available:
+            return s, None
+    if clean_fraction <= 0 and any(s in SCENARIO_NEEDS_CLEAN for s in serves):
+        return None, f"{defense} needs {needs}, but clean_fraction is 0: the defender holds no clean data"
+    gives = ", ".join(f"{s} ({SCENARIO_TEXT[s]})" for s in wanted)
+    return None, f"{defense} needs {needs}, but this experiment offers only {gives}"
+
+
+@dataclass
+class Plan:
+    """The expanded matrix: every cell (runnable and skipped) and the spec hash."""
+
+    spec: Spec
+    cells: list[Cell]
+    spec_hash: str
+
+    @property
+    def runnable(self) -> list[Cell]:
+        return [c for c in self.cells if c.runnable]
+
+    @property
+    def skipped(self) -> list[Cell]:
+        return [c for c in self.cells if not c.runnable]
+
+
+def expand(spec: Spec) -> Plan:
+    """Expand a spec into its cells (dataset x model x attack x defense x seed x clean fraction)."""
+    datasets = _dataset_variants(spec)
+    models = _model_variants(spec)
+    attacks = _attack_variants(spec)
+    defenses = _defense_variants(spec)
+    cells: list[Cell] = []
+    seen: set[str] = set()
+    for ds, mo, atk, dfn, seed, frac in itertools.product(
+        datasets, models, attacks, defenses, spec.seed_list, spec.fraction_list
+    ):
+        # recipe_for(dataset) < spec train < dataset train < model train
+        train = {**mo.extra["train"], **ds.extra["train"], **mo.extra["model_train"]}
+        _validate_train(train)
+        scenario: str | None = None
+        reason = atk.skip or dfn.skip
+        if reason is None and dfn.name != NO_DEFENSE:
+            scenario, reason = choose_scenario(
+                dfn.name,
+                dfn.extra.get("scenarios", []),
+                list(spec.scenarios),
+                dfn.extra.get("scenario"),
+                frac,
+            )
+        cell = Cell(
+            dataset=ds.extra["ref"],
+            model=mo.extra["model"],
+            model_label=mo.label,
+            train=canonical(train),
+            attack=atk.name,
+            attack_params=atk.identity["params"],
+            attack_label=atk.label,
+            defense=dfn.name,
+            defense_params=dfn.identity["params"],
+            defense_label=dfn.label,
+            defense_kind=dfn.extra.get("kind", "none"),
+            scenario=scenario,
+            seed=seed,
+            clean_fraction=frac,
+            clean_model=spec.clean_model,
+            device=spec.device,
+            skip_reason=reason,
+            requested_scenario=dfn.extra.get("scenario"),
+        )
+        cell.hash = cell_hash(cell.identity())
+        if cell.hash in seen:
+            continue
+        seen.add(cell.hash)
+        cells.append(cell)
+    spec_hash = hash_key(sorted(c.hash for c in cells))
+    return Plan(spec, cells, spec_hash)
+
+
+@functools.lru_cache(maxsize=256)
+def _validate_train_json(blob: str) -> None:
+    from backdoorkit.train import train_config
+
+    try:
+        train_config(**json.loads(blob))
+    except ConfigError as exc:
+        raise ConfigError(f"spec: train: {str(exc).removeprefix('training config: ')}") from None
+
+
+def _validate_train(train: dict[str, Any]) -> None:
+    """Check a cell's training overrides against :class:`~backdoorkit.train.TrainConfig`."""
+    _validate_train_json(json.dumps(canonical(train), sort_keys=True))
+
+
+def content_digest(path: Path) -> str:
+    """A digest of a dataset file's bytes, or of a folder's file names and sizes."""
+    h = hashlib.sha256()
+    if path.is_file():
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()[:20]
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(f"{p.relative_to(path)}:{p.stat().st_size}\n".encode())
+    return h.hexdigest()[:20]

@@ -1,0 +1,486 @@
+"""The results database: SQLite in WAL mode, one row per cell.
+
+Crash safety and concurrency:
+
+* every write is one short ``BEGIN IMMEDIATE`` transaction and the journal is a write-ahead log, so a
+  process killed at any point (``kill -9`` included) leaves the database consistent;
+* ``cell_hash`` is the primary key: a cell has exactly one row whatever runs touch the database;
+* a run *claims* a cell (``pending -> running``, stamped with its run id) in a transaction before
+  computing it; a cell held by a live run is never claimed by another.  A run is live while its
+  process exists (same host) and its heartbeat (refreshed every few seconds by a thread) is recent,
+  so after a crash ``--resume`` reclaims the cells the dead run left ``running``;
+* results are written only by the run that holds the claim.
+
+Columns: the cell's coordinates (dataset, model, attack, defense labels, seed, clean fraction), the
+registered method names, scenario, status (``pending``, ``running``, ``done``, ``failed``,
+``skipped``), BA / ASR / quantised ASR / clean BA, detector metrics (AUROC, TPR at 1 % and 5 % FPR),
+isolation precision / recall, the defense's info and the cell description (JSON), wall time per stage
+(JSON), device, package versions (JSON), the error line and traceback, the skip reason, attempts and
+timestamps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from backdoorkit.experiment.spec import Cell, Plan
+
+SCHEMA_VERSION = 1
+HEARTBEAT_SECONDS = 5.0
+STALE_SECONDS = 60.0
+BUSY_TIMEOUT_MS = 60_000
+
+METRIC_COLUMNS = (
+    "ba",
+    "asr",
+    "asr_quantized",
+    "clean_ba",
+    "auroc",
+    "tpr_at_1fpr",
+    "tpr_at_5fpr",
+    "iso_precision",
+    "iso_recall",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    spec_hash TEXT,
+    spec_name TEXT,
+    host TEXT,
+    pid INTEGER,
+    argv TEXT,
+    started_at REAL,
+    heartbeat REAL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS cells (
+    cell_hash TEXT PRIMARY KEY,
+    spec_hash TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    model TEXT NOT NULL,
+    attack TEXT NOT NULL,
+    defense TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    clean_fraction REAL,
+    attack_name TEXT,
+    defense_name TEXT,
+    defense_kind TEXT,
+    scenario TEXT,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed', 'skipped')),
+    ba REAL,
+    asr REAL,
+    asr_quantized REAL,
+    clean_ba REAL,
+    auroc REAL,
+    tpr_at_1fpr REAL,
+    tpr_at_5fpr REAL,
+    iso_precision REAL,
+    iso_recall REAL,
+    info TEXT,
+    cell TEXT,
+    stage_seconds TEXT,
+    wall_seconds REAL,
+    device TEXT,
+    versions TEXT,
+    error TEXT,
+    traceback TEXT,
+    skip_reason TEXT,
+    run_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS cells_spec ON cells (spec_hash);
+CREATE INDEX IF NOT EXISTS cells_status ON cells (status);
+"""
+
+
+def versions() -> dict[str, str]:
+    """Versions recorded with every row."""
+    import numpy
+    import torch
+
+    import backdoorkit
+
+    return {
+        "backdoorkit": backdoorkit.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ResultStore:
+    """The SQLite results database of one or more experiment runs."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        con = self._con()
+        con.executescript(_SCHEMA)
+        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # ------------------------------------------------------------------ connections
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            con.row_factory = sqlite3.Row
+            con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":  # pragma: no cover - filesystems without shared memory
+                con.execute("PRAGMA journal_mode = DELETE")
+            con.execute("PRAGMA synchronous = NORMAL")
+            self._local.con = con
+        return con
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE ... COMMIT`` (rolled back on error), retried while the database is locked."""
+        con = self._con()
+        for attempt in range(50):
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                time.sleep(min(0.05 * (attempt + 1), 1.0))
+        else:  # pragma: no cover
+            raise sqlite3.OperationalError(f"{self.path}: database stayed locked")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    # ------------------------------------------------------------------ runs
+    def start_run(self, spec_hash: str, spec_name: str, argv: Sequence[str] = ()) -> str:
+        """Record a new run and return its id."""
+        run_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        now = time.time()
+        with self.transaction() as con:
+            con.execute(
+                "INSERT INTO runs (run_id, spec_hash, spec_name, host, pid, argv, started_at, heartbeat) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    spec_hash,
+                    spec_name,
+                    socket.gethostname(),
+                    os.getpid(),
+                    json.dumps(list(argv)),
+                    now,
+                    now,
+                ),
+            )
+        return run_id
+
+    def beat(self, run_id: str) -> None:
+        with self.transaction() as con:
+            con.execute("UPDATE runs SET heartbeat = ? WHERE run_id = ?", (time.time(), run_id))
+
+    def finish_run(self, run_id: str) -> None:
+        """Mark the run finished and hand back cells it still holds (they become ``pending``)."""
+        with self.transaction() as con:
+            con.execute(
+                "UPDATE runs SET finished_at = ?, heartbeat = ? WHERE run_id = ?",
+                (time.time(), time.time(), run_id),
+            )
+            con.execute(
+                "UPDATE cells SET status = 'pending' WHERE status = 'running' AND run_id = ?", (run_id,)
+            )
+
+    def run_alive(self, con: sqlite3.Connection, run_id: str | None) -> bool:
+        """Whether the run holding a claim is still working (process alive, heartbeat recent)."""
+        if not run_id:
+            return False
+        row = con.execute(
+            "SELECT host, pid, heartbeat, finished_at FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        if row is None or row["finished_at"] is not None:
+            return False
+        fresh = (time.time() - float(row["heartbeat"] or 0)) < STALE_SECONDS
+        if row["host"] == socket.gethostname():
+            return fresh and _pid_alive(int(row["pid"]))
+        return fresh
+
+    @contextmanager
+    def heartbeat(self, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+        """Refresh the run's heartbeat from a background thread while the block runs."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            store = ResultStore.__new__(ResultStore)
+            store.path = self.path
+            store._local = threading.local()
+            try:
+                while not stop.wait(every):
+                    with contextlib.suppress(sqlite3.Error):  # a busy moment: try again next time
+                        store.beat(run_id)
+            finally:
+                store.close()
+
+        thread = threading.Thread(target=loop, name="backdoorkit-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    # ------------------------------------------------------------------ cells
+    def register(self, plan: Plan) -> None:
+        """Insert a row for every cell of ``plan`` that has none (pending, or skipped with its reason).
+
+        Rows of the plan are stamped with its spec hash (a cell shared by several specs carries the hash
+        of the latest one registered), so ``rows(spec_hash=...)`` gives the cells of a spec's latest run.
+        """
+        now = time.time()
+        with self.transaction() as con:
+            for c in plan.cells:
+                status = "pending" if c.runnable else "skipped"
+                con.execute(
+                    "INSERT OR IGNORE INTO cells (cell_hash, spec_hash, dataset, model, attack, defense, "
+                    "seed, clean_fraction, attack_name, defense_name, defense_kind, scenario, status, cell, "
+                    "skip_reason, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        c.hash,
+                        plan.spec_hash,
+                        c.dataset.label,
+                        c.model_label,
+                        c.attack_label,
+                        c.defense_label,
+                        c.seed,
+                        c.clean_fraction,
+                        c.attack,
+                        c.defense,
+                        c.defense_kind,
+                        c.scenario,
+                        status,
+                        json.dumps(cell_json(c), sort_keys=True),
+                        c.skip_reason,
+                        now,
+                    ),
+                )
+                con.execute("UPDATE cells SET spec_hash = ? WHERE cell_hash = ?", (plan.spec_hash, c.hash))
+                if not c.runnable:
+                    con.execute(
+                        "UPDATE cells SET skip_reason = ? WHERE cell_hash = ? AND status = 'skipped'",
+                        (c.skip_reason, c.hash),
+                    )
+            # a skip recorded earlier (say, for an attack not registered then) whose coordinates now run
+            for c in plan.runnable:
+                co = c.coordinates()
+                con.execute(
+                    "DELETE FROM cells WHERE status = 'skipped' AND cell_hash != ? AND dataset = ? "
+                    "AND model = ? "
+                    "AND attack = ? AND defense = ? AND seed = ? AND clean_fraction = ?",
+                    (
+                        c.hash,
+                        co["dataset"],
+                        co["model"],
+                        co["attack"],
+                        co["defense"],
+                        co["seed"],
+                        co["clean_fraction"],
+                    ),
+                )
+
+    def statuses(self, hashes: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        con = self._con()
+        for i in range(0, len(hashes), 500):
+            part = list(hashes[i : i + 500])
+            marks = ",".join("?" * len(part))
+            for row in con.execute(f"SELECT cell_hash, status FROM cells WHERE cell_hash IN ({marks})", part):
+                out[row["cell_hash"]] = row["status"]
+        return out
+
+    def reset(self, hashes: Sequence[str]) -> None:
+        """Forget the results of these cells (``--force``): they become ``pending`` again."""
+        with self.transaction() as con:
+            for h in hashes:
+                con.execute(
+                    "UPDATE cells SET status = 'pending', error = NULL, traceback = NULL, run_id = NULL "
+                    "WHERE cell_hash = ? AND status != 'skipped'",
+                    (h,),
+                )
+
+    def claim(self, cell_hash: str, run_id: str, *, retry_failed: bool = False) -> bool:
+        """Atomically take a cell for ``run_id``; ``False`` if it is done, skipped or held by a live run."""
+        with self.transaction() as con:
+            row = con.execute("SELECT status, run_id FROM cells WHERE cell_hash = ?", (cell_hash,)).fetchone()
+            if row is None:
+                return False
+            status = row["status"]
+            ok = (
+                status == "pending"
+                or (status == "failed" and retry_failed)
+                or (
+                    status == "running" and row["run_id"] != run_id and not self.run_alive(con, row["run_id"])
+                )
+            )
+            if not ok:
+                return False
+            con.execute(
+                "UPDATE cells SET status = 'running', run_id = ?, attempts = attempts + 1, started_at = ?, "
+                "error = NULL, traceback = NULL WHERE cell_hash = ?",
+                (run_id, time.time(), cell_hash),
+            )
+            return True
+
+    def release(self, cell_hash: str, run_id: str) -> None:
+        """Give a claimed cell back unfinished (it becomes ``pending``)."""
+        with self.transaction() as con:
+            con.execute(
+                "UPDATE cells SET status = 'pending' "
+                "WHERE cell_hash = ? AND run_id = ? AND status = 'running'",
+                (cell_hash, run_id),
+            )
+
+    def finish(self, cell_hash: str, run_id: str, result: dict[str, Any]) -> bool:
+        """Write a cell's outcome (``done`` or ``failed``); only the run holding the claim can."""
+        metrics = result.get("metrics", {})
+        values: dict[str, Any] = {k: _finite(metrics.get(k)) for k in METRIC_COLUMNS}
+        values.update(
+            status=result["status"],
+            info=json.dumps(jsonsafe(result.get("info", {})), sort_keys=True, allow_nan=False),
+            stage_seconds=json.dumps(result.get("stages", {}), sort_keys=True),
+            wall_seconds=_finite(result.get("seconds")),
+            device=result.get("device"),
+            versions=json.dumps(result.get("versions") or versions(), sort_keys=True),
+            error=result.get("error"),
+            traceback=result.get("traceback"),
+            finished_at=time.time(),
+        )
+        cols = ", ".join(f"{k} = ?" for k in values)
+        with self.transaction() as con:
+            cur = con.execute(
+                f"UPDATE cells SET {cols} WHERE cell_hash = ? AND run_id = ? AND status = 'running'",
+                (*values.values(), cell_hash, run_id),
+            )
+            return cur.rowcount == 1
+
+    # ------------------------------------------------------------------ reading
+    def rows(self, spec_hash: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """All rows (optionally of one spec / status) as dicts, JSON columns decoded."""
+        sql = "SELECT * FROM cells"
+        args: list[Any] = []
+        where = []
+        if spec_hash:
+            where.append("spec_hash LIKE ?")
+            args.append(f"{spec_hash}%")
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at, rowid"
+        out = []
+        for row in self._con().execute(sql, args):
+            d = dict(row)
+            for key in ("info", "cell", "stage_seconds", "versions"):
+                if d.get(key):
+                    with suppress(json.JSONDecodeError):
+                        d[key] = json.loads(d[key])
+            out.append(d)
+        return out
+
+    def counts(self, hashes: Sequence[str] | None = None) -> dict[str, int]:
+        con = self._con()
+        out: dict[str, int] = {}
+        if hashes is None:
+            for row in con.execute("SELECT status, COUNT(*) AS n FROM cells GROUP BY status"):
+                out[row["status"]] = int(row["n"])
+            return out
+        for status in self.statuses(hashes).values():
+            out[status] = out.get(status, 0) + 1
+        return out
+
+    def integrity(self) -> str:
+        return str(self._con().execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def jsonsafe(obj: Any) -> Any:
+    """A JSON-ready copy: NaN/inf become ``None``, tuples lists, tensors and arrays lists (or a short
+    summary when large), anything else unknown its ``str``."""
+    if isinstance(obj, dict):
+        return {str(k): jsonsafe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set):
+        return [jsonsafe(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "tolist") and hasattr(obj, "shape"):  # torch tensor / numpy array
+        size = 1
+        for d in obj.shape:
+            size *= int(d)
+        if size > 4096:
+            return f"<array shape {list(obj.shape)}>"
+        return jsonsafe(obj.tolist())
+    if hasattr(obj, "item"):
+        try:
+            return jsonsafe(obj.item())
+        except (TypeError, ValueError):
+            pass
+    if hasattr(obj, "model_dump"):
+        return jsonsafe(obj.model_dump())
+    return str(obj)
+
+
+def cell_json(cell: Cell) -> dict[str, Any]:
+    """The cell's description as stored in the ``cell`` column."""
+    return {
+        "hash": cell.hash,
+        "identity": cell.identity(),
+        "dataset": {"name": cell.dataset.name, "label": cell.dataset.label},
+        "labels": cell.coordinates(),
+        "kind": cell.defense_kind,
+        "device": cell.device,
+    }

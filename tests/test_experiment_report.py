@@ -1,0 +1,229 @@
+"""Reports: the papers' layout from a results database (synthetic rows), formats, marks, figures, the demo."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backdoorkit.experiment.report import (
+    build_table,
+    load_rows,
+    render,
+    to_csv,
+    to_latex,
+    to_markdown,
+    write_report,
+)
+from backdoorkit.experiment.store import ResultStore
+
+# (defense, kind, attack, seed, BA, ASR): 'strong' is best, 'leaky' keeps the backdoor, 'lossy' loses BA
+RESULTS = [
+    ("none", "none", "badnets", 0, 0.98, 0.99),
+    ("none", "none", "badnets", 1, 0.96, 0.97),
+    ("strong", "repair", "badnets", 0, 0.95, 0.02),
+    ("strong", "repair", "badnets", 1, 0.93, 0.04),
+    ("leaky", "repair", "badnets", 0, 0.94, 0.60),
+    ("leaky", "repair", "badnets", 1, 0.92, 0.50),
+    ("lossy", "repair", "badnets", 0, 0.70, 0.01),
+    ("lossy", "repair", "badnets", 1, 0.72, 0.03),
+    ("none", "none", "blended", 0, 0.97, 0.95),
+    ("strong", "repair", "blended", 0, 0.96, 0.05),
+    ("leaky", "repair", "blended", 0, 0.95, 0.10),
+    ("detect", "detector", "badnets", 0, 0.93, 0.08),
+]
+SCAN = [
+    {"skip": s, "gamma": g, "ba": 0.9, "asr": g} for s in ("layer1.0", "layer2.0") for g in (1.0, 0.5, 0.0)
+]
+
+
+def add_row(store: ResultStore, i: int, **row: Any) -> None:
+    base: dict[str, Any] = {
+        "cell_hash": f"cell{i:04d}",
+        "spec_hash": "spec0001",
+        "dataset": "digits",
+        "model": "resnet18-w8",
+        "seed": 0,
+        "clean_fraction": 0.1,
+        "status": "done",
+        "created_at": time.time() + i,
+        "attempts": 1,
+    }
+    base.update(row)
+    if isinstance(base.get("info"), dict):
+        base["info"] = json.dumps(base["info"])
+    cols = ", ".join(base)
+    marks = ", ".join("?" * len(base))
+    with store.transaction() as con:
+        con.execute(f"INSERT INTO cells ({cols}) VALUES ({marks})", tuple(base.values()))
+
+
+@pytest.fixture()
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "results.db"
+    store = ResultStore(path)
+    i = 0
+    for defense, kind, attack, seed, ba, asr in RESULTS:
+        info: dict[str, Any] = {"scan": SCAN, "layers": ["layer2.0"]} if defense == "strong" else {}
+        extra = {"auroc": 0.91, "tpr_at_1fpr": 0.4, "tpr_at_5fpr": 0.7} if kind == "detector" else {}
+        add_row(
+            store,
+            i,
+            defense=defense,
+            defense_name=defense,
+            defense_kind=kind,
+            attack=attack,
+            attack_name=attack,
+            seed=seed,
+            ba=ba,
+            asr=asr,
+            asr_quantized=asr,
+            clean_ba=0.985,
+            info=info,
+            **extra,
+        )
+        i += 1
+    add_row(
+        store,
+        i,
+        defense="leaky",
+        defense_kind="repair",
+        attack="blended",
+        seed=1,
+        status="failed",
+        error="RuntimeError: out of patience",
+        traceback="Traceback ...",
+    )
+    add_row(
+        store,
+        i + 1,
+        defense="robust",
+        defense_kind="training",
+        attack="badnets",
+        status="skipped",
+        skip_reason="robust needs S2 (an untrusted training set and a clean holdout), but ...",
+    )
+    store.close()
+    return path
+
+
+def test_markdown_layout_marks_and_lists(db: Path) -> None:
+    table = build_table(load_rows(db))
+    md = to_markdown(table)
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| Defense"))
+    assert (
+        "digits / badnets BA" in header
+        and "digits / badnets ASR" in header
+        and "digits / blended BA" in header
+    )
+    row = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ") and "---" not in line}
+    assert set(row) >= {"Defense", "none", "(clean model)", "strong", "leaky", "lossy", "detect"}
+    order = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and "---" not in line]
+    assert order[1:3] == ["none", "(clean model)"]
+    # mean ± std over the two seeds, in percent
+    assert "97.0 ± 1.4" in row["none"]
+    # best per column: strong has the lowest badnets ASR among defenses? lossy does (2.0); strong the best BA
+    cells = [c.strip() for c in row["strong"].split("|")[2:-1]]
+    assert cells[0] == "**94.0 ± 1.4**"
+    assert cells[1] == "3.0 ± 1.4"
+    assert "**2.0 ± 1.4**" in row["lossy"]
+    # failures: leaky's ASR (55 %), lossy's BA (26 points below no defense); none is never marked
+    assert "55.0 ± 7.1†" in row["leaky"]
+    assert "71.0 ± 1.4†" in row["lossy"]
+    assert "†" not in row["none"] and "†" not in row["strong"]
+    assert "## Skipped combinations" in md and "robust needs S2" in md
+    assert "## Failed cells" in md and "RuntimeError: out of patience" in md
+    assert "## Detection" in md and "91.0" in md
+
+
+def test_thresholds_are_configurable(db: Path) -> None:
+    md = to_markdown(build_table(load_rows(db), asr_fail=0.9, ba_drop=50))
+    table_lines = [line for line in md.splitlines() if line.startswith("| ")]
+    assert table_lines and not any("†" in line for line in table_lines)
+    strict = to_markdown(build_table(load_rows(db), asr_fail=0.01))
+    assert any("3.0 ± 1.4†" in line for line in strict.splitlines() if line.startswith("| strong"))
+    with pytest.raises(Exception, match="asr-fail"):
+        build_table(load_rows(db), asr_fail=20)
+
+
+def test_csv_and_latex_parse(db: Path) -> None:
+    table = build_table(load_rows(db))
+    parsed = list(csv.DictReader(io.StringIO(to_csv(table))))
+    leaky = next(r for r in parsed if r["defense"] == "leaky" and r["attack"] == "badnets")
+    assert (
+        float(leaky["asr_pct"]) == pytest.approx(55.0) and leaky["fail_asr"] == "1" and leaky["seeds"] == "2"
+    )
+    blended = next(r for r in parsed if r["defense"] == "leaky" and r["attack"] == "blended")
+    assert blended["failed_cells"] == "1"
+    strong = next(r for r in parsed if r["defense"] == "strong" and r["attack"] == "badnets")
+    assert strong["best_ba"] == "1" and float(strong["clean_ba_pct"]) == pytest.approx(98.5)
+
+    tex = to_latex(table)
+    assert tex.count("{") == tex.count("}")
+    assert "\\begin{tabular}{l rr rr}" in tex and "\\multicolumn{2}{c}{digits / badnets}" in tex
+    assert "\\textbf{" in tex and "$^\\dagger$" in tex and "$\\pm$" in tex
+    rows = [line for line in tex.splitlines() if line.endswith("\\\\")]
+    spans = rows[0].count("\\multicolumn{2}") * 2 + 1
+    assert spans == 5 and all(line.count(" & ") == 4 for line in rows[1:])
+
+
+def test_write_report_and_figures(db: Path, tmp_path: Path) -> None:
+    out = write_report(db, tmp_path / "report", formats=("md", "csv", "latex"))
+    assert {"md", "csv", "latex"} <= set(out)
+    names = {p.name for p in out.values()}
+    assert "bars_digits_badnets.png" in names and "bars_digits_blended.png" in names
+    assert any(n.startswith("scan_strong") for n in names)
+    for p in out.values():
+        assert p.is_file() and p.stat().st_size > 0
+    assert "![bars_digits_badnets](bars_digits_badnets.png)" in out["md"].read_text()
+
+
+def test_report_command(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from backdoorkit.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(db), "--format", "csv"])
+    assert exc.value.code in (0, None)
+    assert capsys.readouterr().out == render(db, "csv")
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(tmp_path / "missing.db")])
+    assert exc.value.code == 2
+    assert "no such results database" in capsys.readouterr().err
+
+
+def test_reduced_demo_runs_and_reports(tmp_path: Path) -> None:
+    """The demo spec with a tiny budget (the full demo takes minutes): table printed, report written."""
+    from rich.console import Console
+
+    from backdoorkit.attacks import ATTACKS
+    from backdoorkit.experiment.demo import demo_spec, run_demo
+
+    spec = demo_spec(
+        datasets=[{"name": "digits", "subset": 300, "test_subset": 100}],
+        models=[{"arch": "resnet18", "width": 4}],
+        train={"epochs": 1, "batch_size": 64},
+        defenses=["none"],
+        device="cpu",
+    )
+    console = Console(file=io.StringIO(), width=200)
+    summary, written = run_demo(
+        tmp_path / "demo", spec=spec, quiet=False, live=False, console=console, cache_dir=tmp_path / "cache"
+    )
+    printed = console.file.getvalue()
+    expected = [a for a in ("badnets", "blended", "wanet") if a in ATTACKS]
+    assert summary.failed == 0 and summary.done == len(expected)
+    md = written["md"].read_text()
+    for attack in expected:
+        assert f"digits / {attack} BA" in md
+        assert attack in printed
+    if len(expected) < 3:
+        assert "not registered" in md
+    assert (tmp_path / "demo" / "results.db").is_file()
+    again, _ = run_demo(tmp_path / "demo", spec=spec, quiet=True, cache_dir=tmp_path / "cache")
+    assert again.done == 0 and again.already == len(expected)

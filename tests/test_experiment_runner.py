@@ -1,0 +1,365 @@
+"""The experiment runner: caching, scenario skips, failing cells, crash + resume, concurrent runs, executors.
+
+Budgets are tiny (ResNet-18 width 4, one epoch, 300 digits training images, 100 test images): these
+tests check the machinery, not the numbers.  Toy defenses of the four kinds are registered for the
+in-process tests only and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from backdoorkit.data import ImageSet
+from backdoorkit.defenses import DEFENSES, register_defense
+from backdoorkit.defenses.base import (
+    DefenseParams,
+    DefenseResult,
+    InputDetector,
+    ModelInspector,
+    ModelRepair,
+    RobustTraining,
+    Verdict,
+)
+from backdoorkit.experiment.report import build_table, load_rows, to_markdown, write_report
+from backdoorkit.experiment.runner import plan_of, run_experiment
+from backdoorkit.experiment.store import ResultStore
+from backdoorkit.pipeline import recipe_for
+from backdoorkit.train import fit, fit_calls, parameters_of
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------- toy defenses
+class StepParams(DefenseParams):
+    steps: int = 2
+
+
+class ToyRepair(ModelRepair):
+    """Toy repair: a few steps of head fine-tuning; records a skip scan."""
+
+    name = "_toy_repair"
+    Params = StepParams
+
+    def _repair(self, model: nn.Module, clean: ImageSet, *, seed: int, device: str) -> DefenseResult:
+        cfg = recipe_for(clean, seed=seed, device=device, batch_size=32)
+        fit(model, clean, cfg, trainable=parameters_of(model, "fc"), steps=self.params.steps)
+        scan = [
+            {"skip": s, "gamma": g, "ba": 0.9, "asr": g}
+            for s in ("layer1.0", "layer2.0")
+            for g in (1.0, 0.5, 0.0)
+        ]
+        return DefenseResult(model, {"scan": scan, "layers": ["layer1.0"], "holdout": len(clean)})
+
+
+class ToyTraining(RobustTraining):
+    """Toy robust training: a short training run; "isolates" the first ten rows."""
+
+    name = "_toy_training"
+    Params = StepParams
+
+    def _train(
+        self, untrusted: ImageSet, holdout: ImageSet | None, *, model_factory: Any, config: Any, seed: int
+    ) -> DefenseResult:
+        model = model_factory()
+        fit(model, untrusted, config, steps=self.params.steps)
+        return DefenseResult(model, {"isolated": torch.arange(10), "had_holdout": holdout is not None})
+
+
+class ToyDetector(InputDetector):
+    """Toy detector: mean brightness, threshold at the clean 95th percentile."""
+
+    name = "_toy_detector"
+
+    def fit(self, model: nn.Module, clean: ImageSet, *, seed: int = 0) -> ToyDetector:
+        self.threshold = float(torch.quantile(self.score(clean.pixels()), 0.95))
+        return self
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).mean(1)
+
+
+class ToyInspector(ModelInspector):
+    """Toy inspector: always says infected, target 0."""
+
+    name = "_toy_inspector"
+
+    def inspect(self, model: nn.Module, clean: ImageSet, *, seed: int = 0) -> Verdict:
+        return Verdict(True, 0, scores={"anomaly": 3.0})
+
+
+TOYS = (ToyRepair, ToyTraining, ToyDetector, ToyInspector)
+TOY_NAMES = [t.name for t in TOYS]
+
+
+@pytest.fixture(scope="module")
+def toys() -> Iterator[list[str]]:
+    for cls in TOYS:
+        register_defense(cls)
+    try:
+        yield TOY_NAMES
+    finally:
+        for name in TOY_NAMES:
+            DEFENSES._entries.pop(name, None)
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("experiment-cache")
+
+
+def tiny(tmp_path: Path, name: str = "spec.yaml", **kw: Any) -> Path:
+    spec: dict[str, Any] = {
+        "name": "tiny",
+        "datasets": [{"name": "digits", "subset": 300, "test_subset": 100}],
+        "models": [{"arch": "resnet18", "width": 4}],
+        "train": {"epochs": 1, "batch_size": 64},
+        "attacks": ["badnets"],
+        "defenses": ["none"],
+        "seeds": [0],
+        "clean_fraction": 0.1,
+        "device": "cpu",
+    }
+    spec.update(kw)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def rows(db: Path) -> list[dict[str, Any]]:
+    store = ResultStore(db)
+    try:
+        return store.rows()
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------------------------- in-process
+def test_every_kind_runs_and_a_second_run_trains_nothing(tmp_path: Path, toys: list[str]) -> None:
+    spec = tiny(tmp_path, defenses=["none", *toys])
+    cache = tmp_path / "cache"
+    before = fit_calls()
+    first = run_experiment(spec, db=tmp_path / "a.db", cache_dir=cache, quiet=True)
+    assert (first.done, first.failed, first.skipped) == (5, 0, 0)
+    # one clean model, one backdoored model, one repair, one robust training: nothing trained twice
+    assert fit_calls() - before == 4
+    before = fit_calls()
+    second = run_experiment(spec, db=tmp_path / "b.db", cache_dir=cache, quiet=True)
+    assert second.done == 5
+    assert fit_calls() - before == 0
+
+    a = {r["cell_hash"]: r for r in rows(tmp_path / "a.db")}
+    b = {r["cell_hash"]: r for r in rows(tmp_path / "b.db")}
+    assert a.keys() == b.keys()
+    for h, r in a.items():
+        assert r["status"] == "done" and r["attempts"] == 1
+        assert (r["ba"], r["asr"]) == (b[h]["ba"], b[h]["asr"])
+        assert r["versions"]["torch"] == torch.__version__ and r["device"] == "cpu"
+        assert "backdoor_model" in b[h]["stage_seconds"]["cached"]
+    by_defense = {r["defense"]: r for r in a.values()}
+    assert by_defense["_toy_repair"]["info"]["scan"][0]["skip"] == "layer1.0"
+    assert (
+        by_defense["_toy_training"]["scenario"] == "S2" and by_defense["_toy_training"]["info"]["had_holdout"]
+    )
+    assert by_defense["_toy_training"]["iso_recall"] is not None
+    assert by_defense["_toy_training"]["info"]["isolated_count"] == 10
+    assert 0.0 <= by_defense["_toy_detector"]["auroc"] <= 1.0
+    assert by_defense["_toy_detector"]["info"]["threshold"] is not None
+    assert by_defense["_toy_inspector"]["info"]["verdict"]["infected"] is True
+    assert by_defense["_toy_inspector"]["info"]["target_correct"] is True
+    assert all(r["clean_ba"] is not None for r in a.values())
+
+    out = write_report(tmp_path / "a.db", tmp_path / "report", formats=("md", "csv", "latex"))
+    md = out["md"].read_text()
+    for part in ("## Detection", "## Isolation", "## Inspection", "| _toy_repair |", "(clean model)"):
+        assert part in md
+    assert any(p.name.startswith("scan_") and "toy_repair" in p.name for p in out.values())
+    assert any(p.name.startswith("bars_") for p in out.values())
+
+
+def test_forbidden_scenarios_are_skipped_with_their_reason(
+    tmp_path: Path, toys: list[str], shared_cache: Path
+) -> None:
+    only_s1 = plan_of(
+        tiny(
+            tmp_path,
+            "a.yaml",
+            scenarios=["S1"],
+            defenses=[
+                "none",
+                "_toy_repair",
+                "_toy_training",
+                {"name": "_toy_training", "scenario": "S1", "label": "rt-in-s1"},
+            ],
+        )
+    )
+    why = {c.defense_label: c.skip_reason for c in only_s1.cells}
+    assert why["none"] is None and why["_toy_repair"] is None
+    assert "offers only S1" in why["_toy_training"]
+    assert "asked to run in S1" in why["rt-in-s1"]
+    no_clean = plan_of(
+        tiny(tmp_path, "b.yaml", clean_fraction=0.0, defenses=["none", "_toy_repair", "_toy_training"])
+    )
+    by = {c.defense: c for c in no_clean.cells}
+    assert "clean_fraction is 0" in by["_toy_repair"].skip_reason
+    assert by["_toy_training"].runnable and by["_toy_training"].scenario == "S3"
+
+    summary = run_experiment(tmp_path / "a.yaml", db=tmp_path / "r.db", cache_dir=shared_cache, quiet=True)
+    assert (summary.done, summary.skipped) == (2, 2)
+    status = {r["defense"]: (r["status"], r["skip_reason"]) for r in rows(tmp_path / "r.db")}
+    assert status["rt-in-s1"][0] == "skipped" and "asked to run in S1" in status["rt-in-s1"][1]
+    md = to_markdown(build_table(load_rows(tmp_path / "r.db")))
+    assert "## Skipped combinations" in md and "offers only S1" in md
+
+
+def test_a_failing_cell_is_recorded_and_the_matrix_goes_on(tmp_path: Path, shared_cache: Path) -> None:
+    from backdoorkit.cli import main
+
+    spec = tiny(
+        tmp_path, attacks=[{"name": "badnets", "params": {"row": 40}, "label": "off-image"}, "badnets"]
+    )
+    summary = run_experiment(spec, db=tmp_path / "r.db", cache_dir=shared_cache, quiet=True)
+    assert (summary.done, summary.failed) == (1, 1)
+    by = {r["attack"]: r for r in rows(tmp_path / "r.db")}
+    bad = by["off-image"]
+    assert bad["status"] == "failed" and bad["error"].startswith("ConfigError: badnets:")
+    assert "\n" not in bad["error"] and "Traceback" in bad["traceback"]
+    assert by["badnets"]["status"] == "done"
+    # without --resume the database is refused; --resume does not retry failures; --retry-failed does
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(spec), "--db", str(tmp_path / "r.db"), "--cache-dir", str(shared_cache), "--quiet"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "run",
+                str(spec),
+                "--db",
+                str(tmp_path / "r.db"),
+                "--cache-dir",
+                str(shared_cache),
+                "--quiet",
+                "--resume",
+                "--retry-failed",
+            ]
+        )
+    assert exc.value.code == 1
+    by = {r["attack"]: r for r in rows(tmp_path / "r.db")}
+    assert by["off-image"]["attempts"] == 2 and by["badnets"]["attempts"] == 1
+    assert "off-image" in to_markdown(build_table(load_rows(tmp_path / "r.db")))
+
+
+def test_worker_processes(tmp_path: Path, shared_cache: Path) -> None:
+    spec = tiny(tmp_path, attacks=[{"name": "badnets", "params": {"size": [2, 3]}}])
+    summary = run_experiment(spec, db=tmp_path / "r.db", cache_dir=shared_cache, quiet=True, jobs=2)
+    assert (summary.done, summary.failed) == (2, 0)
+    assert all(r["status"] == "done" and r["ba"] is not None for r in rows(tmp_path / "r.db"))
+
+
+def test_ray_executor(tmp_path: Path, shared_cache: Path) -> None:
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        spec = tiny(tmp_path, ray={"num_cpus": 1})
+        summary = run_experiment(
+            spec, db=tmp_path / "r.db", cache_dir=shared_cache, quiet=True, executor="ray"
+        )
+        assert (summary.done, summary.failed) == (1, 0)
+    finally:
+        ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------- subprocesses
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from backdoorkit.cli import main; main(sys.argv[1:])", *args]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _done(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(str(db), timeout=5)
+        try:
+            return int(con.execute("SELECT COUNT(*) FROM cells WHERE status = 'done'").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def test_resume_after_sigkill_finishes_every_cell_once(tmp_path: Path, shared_cache: Path) -> None:
+    spec = tiny(tmp_path, attacks=[{"name": "badnets", "params": {"size": [2, 3]}}], seeds=[5, 6])
+    db, cache = tmp_path / "r.db", shared_cache
+    proc = subprocess.Popen(
+        _cli("run", str(spec), "--db", str(db), "--cache-dir", str(cache), "--quiet"),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while _done(db) < 1:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no cell finished in time"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()  # reap it: a zombie would still look alive
+    before = {r["cell_hash"]: r for r in rows(db)}
+    finished = {h: r["finished_at"] for h, r in before.items() if r["status"] == "done"}
+    assert len(before) == 6 and len(finished) >= 1
+
+    summary = run_experiment(spec, db=db, cache_dir=cache, quiet=True, resume=True)
+    after = {r["cell_hash"]: r for r in rows(db)}
+    assert len(after) == 4 and all(r["status"] == "done" for r in after.values())
+    assert summary.done == 4 - len(finished) and summary.already == len(finished)
+    for h, t in finished.items():  # finished cells were not redone
+        assert after[h]["finished_at"] == t and after[h]["attempts"] == 1
+    interrupted = [h for h, r in before.items() if r["status"] == "running"]
+    assert len(interrupted) <= 1
+    for h in interrupted:
+        assert after[h]["attempts"] == 2
+    con = sqlite3.connect(str(db))
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("SELECT COUNT(DISTINCT cell_hash) FROM cells").fetchone()[0] == 4
+    con.close()
+
+
+def test_two_runs_on_one_database(tmp_path: Path, shared_cache: Path) -> None:
+    # the matrix of the crash test: its artefacts are cached, so the two runs race on the database
+    spec = tiny(tmp_path, attacks=[{"name": "badnets", "params": {"size": [2, 3]}}], seeds=[5, 6])
+    db = tmp_path / "r.db"
+    cmd = _cli("run", str(spec), "--db", str(db), "--cache-dir", str(shared_cache), "--quiet", "--resume")
+    procs = [
+        subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()
+    result = rows(db)
+    assert len(result) == 4 and len({r["cell_hash"] for r in result}) == 4
+    assert all(r["status"] == "done" and r["attempts"] == 1 for r in result)
+    con = sqlite3.connect(str(db))
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
+    assert con.execute("SELECT COUNT(*) FROM runs WHERE finished_at IS NULL").fetchone()[0] == 0
+    con.close()
