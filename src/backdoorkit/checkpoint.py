@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from backdoorkit.errors import ModelFileError
-from backdoorkit.models.base import ModelSpec
+from backdoorkit.models.base import ModelSpec, Normalize
 from backdoorkit.models.registry import build_model
 from backdoorkit.models.skips import get_betas, get_gammas, skips
 
@@ -46,7 +47,7 @@ def save_model(
 
     path = Path(path)
     if path.suffix != ".safetensors":
-        path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
+        path = path.with_suffix(path.suffix + ".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -55,6 +56,7 @@ def save_model(
     spec: ModelSpec | None = getattr(model, "spec", None)
     classes = classes if classes is not None else getattr(model, "classes", None)
     norm = getattr(model, "normalize", None)
+    norm = norm if isinstance(norm, Normalize) else None
     card = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -63,7 +65,9 @@ def save_model(
         "kwargs": _jsonable(spec.kwargs) if spec else None,
         "classes": list(classes) if classes is not None else None,
         "normalization": (
-            {"mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist()} if norm is not None else None
+            {"mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist()}
+            if norm is not None
+            else None
         ),
         "skips": {"gammas": get_gammas(model), "betas": get_betas(model)},
         "config": _jsonable(config or {}),
@@ -74,7 +78,7 @@ def save_model(
     tmp.replace(path)
     side = sidecar_path(path)
     side_tmp = side.with_suffix(".json.tmp")
-    side_tmp.write_text(json.dumps(card, indent=2, sort_keys=True))
+    side_tmp.write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
     side_tmp.replace(side)
     return path
 
@@ -99,23 +103,29 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # SafetensorError, OSError, ... : the file is not what it claims
+            raise ModelFileError(f"{path}: malformed safetensors file ({_one_line(exc)})") from None
+        except BaseException as exc:  # the Rust reader reports some corruptions as a PanicException
+            if type(exc).__name__ != "PanicException":
+                raise
             raise ModelFileError(f"{path}: malformed safetensors file ({_one_line(exc)})") from None
     elif path.suffix in LEGACY_SUFFIXES:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
+        except pickle.UnpicklingError as exc:
+            needs = _pickled_global(exc)
+            if needs is None:  # not a pickle at all (random bytes, a truncated stream ...)
+                raise ModelFileError(f"{path}: unreadable torch file ({_first_line(exc)})") from None
             raise ModelFileError(
-                f"{path}: refused - this file needs full unpickling, which can run arbitrary code; "
-                "convert it to safetensors where you trust it"
+                f"{path}: refused - this file needs full unpickling ({needs}), which can run arbitrary "
+                "code; convert it to safetensors where you trust it"
             ) from None
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
-            raise ModelFileError(f"{path}: unreadable torch file ({_one_line(exc)})") from None
+        except Exception as exc:  # a corrupt stream can fail anywhere in the (safe) unpickler
+            raise ModelFileError(f"{path}: unreadable torch file ({_first_line(exc)})") from None
         state = _extract_state_dict(obj, path)
     else:
         raise ModelFileError(
@@ -160,6 +170,8 @@ def load_model(
     state = read_weights(path)
     card = read_sidecar(path) if path.suffix == ".safetensors" else None
     if model is None:
+        if card is not None and card.get("arch") and arch is not None and arch.lower() != card["arch"]:
+            raise ModelFileError(f"{path}: holds a {card['arch']} model, not {arch}")
         if card is not None and card.get("arch"):
             kwargs = dict(card.get("kwargs") or {})
             kwargs.update(arch_kwargs)
@@ -170,6 +182,10 @@ def load_model(
             raise ModelFileError(
                 f"{path}: no sidecar saying which architecture this is; pass --arch (or model=...)"
             )
+    problem = _fit_problem(model, state)
+    if problem:
+        arch_name = type(model).__name__
+        raise ModelFileError(f"{path}: weights do not fit the architecture {arch_name} ({problem})")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -185,6 +201,47 @@ def load_model(
             model.classes = tuple(card["classes"])
         model.card = card
     return model.to(device).eval()
+
+
+def _fit_problem(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """A short description of how ``state`` fails to fit ``model`` ('' when it fits)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(expected[k].shape) != tuple(state[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing weights such as {missing[0]!r}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected weights such as {unexpected[0]!r}")
+    if shapes:
+        k = shapes[0]
+        parts.append(
+            f"{len(shapes)} of another shape such as {k!r}: {list(state[k].shape)} in the file, "
+            f"{list(expected[k].shape)} in the model"
+        )
+    return "; ".join(parts)
+
+
+def _pickled_global(exc: BaseException) -> str | None:
+    """What a refused ``weights_only`` load wanted to import, or ``None`` if the file is no pickle
+    that asks for code (then it is simply corrupt)."""
+    text = str(exc)
+    found = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+    if found:
+        return f"it imports {found.group(1)}"
+    if "allowed global" in text or "Unsupported global" in text:
+        return "it imports code"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The most telling line of a long torch error (the line after ``WeightsUnpickler error:``)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
+            return lines[i + 1][:200]
+    return _one_line(exc)
 
 
 def _one_line(exc: BaseException) -> str:

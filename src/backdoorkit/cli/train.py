@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import typer
+from torch import nn
 
 from backdoorkit.cli.app import app
 from backdoorkit.cli.common import (
@@ -18,6 +20,45 @@ from backdoorkit.cli.common import (
     parse_params,
     pct,
 )
+from backdoorkit.data import ImageSet
+from backdoorkit.device import eval_mode
+from backdoorkit.errors import DataError, ModelFileError
+
+
+def check_model_fits(net: nn.Module, data: ImageSet, source: str) -> None:
+    """Refuse, in one line, a model that cannot take ``data``'s images or predict its classes.
+
+    Checks the declared ``in_channels`` / ``image_size`` / ``num_classes`` where the model has them,
+    then runs one image through it (in eval mode, without gradients) to catch any other mismatch.
+    """
+    c, h, w = data.image_shape
+    want_c = getattr(net, "in_channels", None)
+    if isinstance(want_c, int) and want_c != c:
+        raise DataError(
+            f"{source}: the model takes {want_c}-channel images but {data.name} has {c}-channel images"
+        )
+    size = getattr(net, "image_size", None)
+    if isinstance(size, int) and (h, w) != (size, size):
+        raise DataError(f"{source}: the model takes {size}x{size} images but {data.name} has {h}x{w} images")
+    classes = getattr(net, "num_classes", None)
+    if isinstance(classes, int) and classes != data.num_classes:
+        raise ModelFileError(f"{source}: model has {classes} classes, dataset {data.name} {data.num_classes}")
+    if len(data) == 0:
+        return
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad(), eval_mode(net):
+            out = net(data.pixels(slice(0, 1)).to(device))
+    except (RuntimeError, ValueError, IndexError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise DataError(
+            f"{source}: the model cannot take {data.name}'s {c}x{h}x{w} images ({reason})"
+        ) from None
+    if out.dim() != 2 or out.shape[1] != data.num_classes:
+        raise ModelFileError(
+            f"{source}: the model outputs shape {list(out.shape)}, "
+            f"not [N, {data.num_classes}] for {data.name}"
+        )
 
 
 @app.command()
@@ -63,10 +104,8 @@ def train(
         progress=progress and not json_out,
     )
     net = load_model(init) if init is not None else make_model(model, train_set, width=width, seed=seed)
-    if init is not None and getattr(net, "num_classes", train_set.num_classes) != train_set.num_classes:
-        from backdoorkit.errors import ModelFileError
-
-        raise ModelFileError(f"{init}: model has {net.num_classes} classes, dataset {train_set.num_classes}")
+    if init is not None:
+        check_model_fits(net, train_set, str(init))
     if atk is not None:
         net = atk.prepare_model(net)
     from backdoorkit.train import fit
@@ -81,13 +120,20 @@ def train(
         **({"poison": poison_info} if poison_info else {}),
     }
     if out is not None:
-        path = save_model(net, out, classes=train_set.classes, config={"train": cfg.model_dump(), "command": "train",
-                          "dataset": dataset, "attack": atk.describe() if atk else None, "seed": seed})
+        config = {
+            "train": cfg.model_dump(),
+            "command": "train",
+            "dataset": dataset,
+            "attack": atk.describe() if atk else None,
+            "seed": seed,
+        }
+        path = save_model(net, out, classes=train_set.classes, config=config)
         summary["out"] = str(path)
     if json_out:
         emit_json(summary)
         return
-    console.print(f"[bold]{model}[/] on {train_set.name}: {result.seconds:.1f}s, {result.images_per_second:.0f} img/s")
+    speed = f"{result.seconds:.1f}s, {result.images_per_second:.0f} img/s"
+    console.print(f"[bold]{model}[/] on {train_set.name}: {speed}")
     console.print(f"BA  {pct(metrics['ba'])} %")
     if atk is not None:
         console.print(f"ASR {pct(metrics['asr'])} % (quantised trigger {pct(metrics['asr_quantized'])} %)")

@@ -1,6 +1,7 @@
 """Models with addressable skip connections, and the skip registry / surgery."""
 
 from backdoorkit.models.base import ImageClassifier, ModelSpec, Normalize
+from backdoorkit.models.fx_skips import attach_skips
 from backdoorkit.models.registry import MODELS, build_model, model_args
 from backdoorkit.models.skips import (
     Skip,
@@ -20,6 +21,7 @@ __all__ = [
     "ModelSpec",
     "Normalize",
     "Skip",
+    "attach_skips",
     "block_path",
     "build_model",
     "get_betas",

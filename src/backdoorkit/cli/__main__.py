@@ -1,0 +1,8 @@
+"""``python -m backdoorkit.cli ...``: the same as the ``backdoorkit`` console script."""
+
+from __future__ import annotations
+
+from backdoorkit.cli import main
+
+if __name__ == "__main__":
+    main()
