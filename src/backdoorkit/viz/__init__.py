@@ -1,0 +1,1 @@
+"""Figures: BA / ASR curves, skip-scan panels and other plots written as PNG files."""
