@@ -326,7 +326,7 @@ def test_resume_after_sigkill_finishes_every_cell_once(tmp_path: Path, shared_ca
         proc.wait()  # reap it: a zombie would still look alive
     before = {r["cell_hash"]: r for r in rows(db)}
     finished = {h: r["finished_at"] for h, r in before.items() if r["status"] == "done"}
-    assert len(before) == 6 and len(finished) >= 1
+    assert len(before) == 4 and 1 <= len(finished) < 4  # killed mid-matrix
 
     summary = run_experiment(spec, db=db, cache_dir=cache, quiet=True, resume=True)
     after = {r["cell_hash"]: r for r in rows(db)}

@@ -99,6 +99,19 @@ def test_lists_expand_into_the_matrix() -> None:
     assert len({c.hash for c in plan.cells}) == len(plan.cells)
 
 
+def test_repeated_methods_get_labels_naming_their_parameters() -> None:
+    plan = expand(
+        spec_of(
+            attacks=[
+                "badnets",
+                {"name": "badnets", "rate": 0.2},
+                {"name": "badnets", "params": {"size": 4}, "label": "big patch"},
+            ]
+        )
+    )
+    assert {c.attack_label for c in plan.cells} == {"badnets", "badnets rate=0.2", "big patch"}
+
+
 def test_parameters_that_take_lists_expand_only_from_lists_of_lists() -> None:
     fixed = expand(spec_of(train={"milestones": [0.5, 0.75]}))
     assert len(fixed.cells) == 1 and fixed.cells[0].train["milestones"] == [0.5, 0.75]

@@ -84,7 +84,16 @@ class Progress:
 
     def prepared(self, key: str, result: dict[str, Any]) -> None:
         with self._lock:
-            self.preparing.pop(key, None)
+            text, _ = self.preparing.pop(key, ("", 0.0))
+        if self.quiet or self.live_enabled:
+            return
+        what = "ready" if result.get("status") == "done" else f"FAILED {result.get('error')}"
+        self.console.print(
+            f"[prep] {text}: {what} ({result.get('seconds', 0):.1f}s)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def taken_elsewhere(self) -> None:
         with self._lock:
@@ -109,6 +118,7 @@ class Progress:
             f"[{n}/{self.total}] {describe(cell)}: {what} ({result.get('seconds', 0):.1f}s)",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
 
     # ------------------------------------------------------------------ view

@@ -35,6 +35,7 @@ NO_DEFENSE = "none"
 CLEAN_ROW = "(clean model)"
 FAIL_MARK = "†"
 FORMATS = ("md", "csv", "latex")
+SUFFIX = {"md": "md", "csv": "csv", "latex": "tex"}
 
 
 @dataclass
@@ -708,7 +709,9 @@ def write_figures(table: ReportTable, out: Path) -> list[Path]:
         scan = info.get("scan") if r["status"] == "done" else None
         if not isinstance(scan, list) or not scan:
             continue
-        title = f"{r['defense']}: {r['dataset']} / {r['attack']} (seed {r['seed']})"
+        # the scan is the defense's own (on its clean data, e.g. with a surrogate trigger)
+        where = f"{r['dataset']} / {r['attack']} (seed {r['seed']})"
+        title = f"{r['defense']} skip scan on the defender's data: {where}"
         key = (r["defense"], f"{r['dataset']}/{r['model']}/{r['attack']}")
         if key in seen:
             continue
@@ -758,7 +761,7 @@ def write_report(
             "csv": lambda: to_csv(table),
             "latex": lambda: to_latex(table),
         }[fmt]()
-        path = out / f"report.{ {'md': 'md', 'csv': 'csv', 'latex': 'tex'}[fmt] }"
+        path = out / f"report.{SUFFIX[fmt]}"
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)

@@ -96,6 +96,12 @@ def plan_jobs(cells: list[Cell]) -> list[Job]:
     return jobs
 
 
+def describe_prep(job: Job) -> str:
+    c = job.cell
+    what = "clean model" if job.kind == "clean" or c.attack == NO_ATTACK else f"{c.attack_label} model"
+    return f"{what} {c.dataset.label} {c.model_label} seed {c.seed}"
+
+
 def _failed_result(error: BaseException) -> dict[str, Any]:
     import traceback
 
@@ -172,7 +178,7 @@ class Scheduler:
                             continue
                         self.progress.started(job.cell.hash, describe(job.cell))
                     else:
-                        self.progress.started(job.key, f"{job.kind}: {describe(job.cell)}", prep=True)
+                        self.progress.started(job.key, describe_prep(job), prep=True)
                     try:
                         fut = self.executor.submit(self._payload(job))
                     except Exception as exc:  # the executor itself failed (broken pool ...)

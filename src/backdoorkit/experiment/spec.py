@@ -708,6 +708,7 @@ def _model_variants(spec: Spec) -> list[_Variant]:
 def _attack_variants(spec: Spec) -> list[_Variant]:
     attacks = _registries()[2]
     out = []
+    repeated = collections.Counter(a.name.lower() for a in spec.attacks)
     for i, a in enumerate(spec.attacks):
         name = a.name.lower()
         params = dict(a.params)
@@ -748,7 +749,9 @@ def _attack_variants(spec: Spec) -> list[_Variant]:
             except BackdoorkitError as exc:
                 raise ConfigError(f"spec: attacks[{i}]: {exc}") from None
             described = canonical({k: v for k, v in attack.describe().items() if k != "attack"})
-            label = a.label or _label(name, varied)
+            # an attack listed in several entries names the parameters each entry gives
+            shown = values if repeated[name] > 1 else varied
+            label = a.label or _label(name, shown)
             out.append(
                 _Variant(
                     "attack",
@@ -768,6 +771,7 @@ def _defense_variants(spec: Spec) -> list[_Variant]:
     defenses = _registries()[3]
     out: list[_Variant] = []
     explicit = {d.name.lower() for d in spec.defenses}
+    counts = collections.Counter(d.name.lower() for d in spec.defenses)
     for i, d in enumerate(spec.defenses):
         name = d.name.lower()
         if name == NO_DEFENSE:
@@ -815,14 +819,29 @@ def _defense_variants(spec: Spec) -> list[_Variant]:
             )
             continue
         out.extend(
-            _one_defense(name, dict(d.params), d.label, d.scenario, where=f"defenses[{i}]", lenient=False)
+            _one_defense(
+                name,
+                dict(d.params),
+                d.label,
+                d.scenario,
+                where=f"defenses[{i}]",
+                lenient=False,
+                repeated=counts[name] > 1,
+            )
         )
     _disambiguate(out)
     return out
 
 
 def _one_defense(
-    name: str, params: dict[str, Any], label: str | None, scenario: str | None, *, where: str, lenient: bool
+    name: str,
+    params: dict[str, Any],
+    label: str | None,
+    scenario: str | None,
+    *,
+    where: str,
+    lenient: bool,
+    repeated: bool = False,
 ) -> list[_Variant]:
     """Variants of one registered defense; ``lenient``: a defense that cannot be built with its defaults
     becomes a skipped variant instead of an error (for ``"*"``)."""
@@ -852,7 +871,7 @@ def _one_defense(
             _Variant(
                 "defense",
                 name,
-                label or _label(name, varied),
+                label or _label(name, values if repeated else varied),
                 values,
                 {"name": name, "params": described},
                 {

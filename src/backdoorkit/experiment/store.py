@@ -254,9 +254,7 @@ class ResultStore:
         stop = threading.Event()
 
         def loop() -> None:
-            store = ResultStore.__new__(ResultStore)
-            store.path = self.path
-            store._local = threading.local()
+            store = ResultStore(self.path)  # its own connection: sqlite connections stay in their thread
             try:
                 while not stop.wait(every):
                     with contextlib.suppress(sqlite3.Error):  # a busy moment: try again next time

@@ -52,9 +52,26 @@ def ba_asr_bars(
     fig, ax = plt.subplots(figsize=(max(4.0, 0.75 * n + 2.0), 3.4))
     xs = list(range(n))
     w = 0.38
-    ax.bar([x - w / 2 for x in xs], ba, w, yerr=ba_err, color=BA_COLOR, label="BA", capsize=2)
+    has_err = any(e > 0 for e in [*ba_err, *asr_err])  # one seed: no error bars
+    ax.bar(
+        [x - w / 2 for x in xs],
+        ba,
+        w,
+        yerr=ba_err if has_err else None,
+        color=BA_COLOR,
+        label="BA",
+        capsize=2,
+    )
     asr_vals = [0.0 if math.isnan(v) else v for v in asr]
-    ax.bar([x + w / 2 for x in xs], asr_vals, w, yerr=asr_err, color=ASR_COLOR, label="ASR", capsize=2)
+    ax.bar(
+        [x + w / 2 for x in xs],
+        asr_vals,
+        w,
+        yerr=asr_err if has_err else None,
+        color=ASR_COLOR,
+        label="ASR",
+        capsize=2,
+    )
     if asr_fail is not None:
         ax.axhline(asr_fail, color=ASR_COLOR, ls=":", lw=1, alpha=0.7)
     ax.set_xticks(xs)
