@@ -19,9 +19,14 @@ def run_cmd(
     ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="With --resume: run failed cells again."),
     force: bool = typer.Option(False, "--force", help="Recompute cells already in the database."),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Cells run at once (worker processes or Ray tasks)."),
+    jobs: int = typer.Option(
+        1,
+        "--jobs",
+        "-j",
+        help="Cells run at once: worker processes, or Ray tasks (default: what the cluster holds).",
+    ),
     executor: str = typer.Option(
-        "local", "--executor", help="local or ray (pip install 'backdoorkit[ray]')."
+        "local", "--executor", help="local, or ray (needs Ray: the 'ray' extra of backdoorkit)."
     ),
     db: Path | None = typer.Option(None, "--db", help="Results database (default: the spec's db)."),
     cache_dir: Path | None = typer.Option(

@@ -146,11 +146,16 @@ def load_rows(db: str | Path, spec_hash: str | None = None) -> list[dict[str, An
     path = Path(db).expanduser()
     if not path.is_file():
         raise ConfigError(f"{path}: no such results database")
-    store = ResultStore(path)
+    import sqlite3
+
     try:
-        return store.rows(spec_hash=spec_hash)
-    finally:
-        store.close()
+        store = ResultStore(path)
+        try:
+            return store.rows(spec_hash=spec_hash)
+        finally:
+            store.close()
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{path}: not a results database ({exc})") from None
 
 
 def _coords(r: dict[str, Any]) -> str:
@@ -617,7 +622,7 @@ def to_rich(table: ReportTable, *, title: str = "BA / ASR (%)") -> Any:
     from rich.text import Text
 
     t = Table(title=title, title_justify="left")
-    t.add_column("defense", style="bold")
+    t.add_column("defense", style="bold", no_wrap=True)
     for g in table.groups:
         t.add_column(f"{g.title}\nBA", justify="right")
         t.add_column("\nASR", justify="right")
