@@ -21,9 +21,10 @@ and resized (bilinear, antialiased) to the image size.
 Which reflection, model and weights an image gets: for a batch of ``B`` images, one vector of ``B``
 values per random quantity (reflection index, ghost or blur, offsets, weights) is drawn from a CPU
 generator seeded with a seed (``seed + 2`` when poisoning, ``test_seed`` for ``apply``) mixed with a
-checksum of the batch's pixels (quantised to grey levels); image ``i`` takes the ``i``-th values.  ``apply`` is therefore deterministic for
-a given batch (the same batch always gets the same reflections, in float or uint8) and different
-batches get different draws; everything is computed with batched tensor operations.
+checksum of the batch's pixels (quantised to grey levels); image ``i`` takes the ``i``-th values.
+``apply`` is therefore deterministic for a given batch (the same batch always gets the same
+reflections, in float or uint8) and different batches get different draws; everything is computed
+with batched tensor operations.
 
 Label mode: clean by default (target-class images are poisoned, rate 0.1 of the whole set capped at
 the target class, as for SIG); ``dirty=True`` poisons non-target images and relabels them, as
