@@ -47,3 +47,38 @@ def train_digits(data: ImageSet, seed: int = 0, **overrides: object) -> torch.nn
 def clean_model(digits_train: ImageSet) -> torch.nn.Module:
     """A clean digits model (BA about 99 %)."""
     return train_digits(digits_train, seed=0)
+
+
+# ---- SSFT / skip-scan fixtures (issue 5): BadNets digits models for three seeds, trained once ----
+BADNETS_SEEDS = (0, 1, 2)
+
+
+class _BadNetsDigits:
+    """Lazily trained BadNets digits models, one per seed (only the seeds a test asks for are trained)."""
+
+    def __init__(self, train: ImageSet) -> None:
+        self._train = train
+        self._done: dict[int, dict[str, object]] = {}
+
+    def __getitem__(self, seed: int) -> dict[str, object]:
+        if seed not in self._done:
+            from backdoorkit.attacks import build_attack
+            from backdoorkit.data import split_holdout
+
+            attack = build_attack("badnets", target=0)
+            poisoned = attack.poison(self._train, seed=seed)
+            self._done[seed] = {
+                "model": train_digits(poisoned.data, seed=seed),
+                "attack": attack,
+                "clean": split_holdout(self._train, 0.1, seed, name="clean")[1],
+            }
+        return self._done[seed]
+
+
+@pytest.fixture(scope="session")
+def badnets_digits(digits_train: ImageSet) -> _BadNetsDigits:
+    """``badnets_digits[seed]`` -> ``{"model", "attack", "clean"}``: ResNet-18 (width 8) trained on
+    digits poisoned by BadNets (3x3 white patch bottom-right, rate 0.1, target 0) with that seed, and
+    the defender's clean samples (a stratified 10 % of the clean training split drawn with that seed).
+    Models are trained on first use and shared by the whole session; never modify them in place."""
+    return _BadNetsDigits(digits_train)

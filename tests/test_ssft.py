@@ -1,0 +1,316 @@
+"""SSFT (Yang et al., ICASSP 2023) and its baselines SS, FT-Critical, FT-FC, FT-All on digits.
+
+Behaviour checked: the selection sees only the defender's clean samples; fine-tuning moves only the
+parameters it should (all others, batch-norm statistics included, bit-identical); the chosen gammas
+travel through checkpoints; and what each defense does to a BadNets digits model over three seeds.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backdoorkit.checkpoint import load_model, read_sidecar, save_model
+from backdoorkit.data.fingerprint import fingerprint
+from backdoorkit.defenses import DEFENSES, ModelRepair, build_defense
+from backdoorkit.defenses import _shortcut as sc
+from backdoorkit.errors import ConfigError
+from backdoorkit.metrics import attack_success_rate, benign_accuracy
+from backdoorkit.models import get_gammas, skips
+
+NAMES = ("ssft", "ss", "ft_critical", "ft_fc", "ft_all")
+
+
+def _changed(a: torch.nn.Module, b: torch.nn.Module) -> set[str]:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return {k for k in sa if not torch.equal(sa[k], sb[k])}
+
+
+def test_registered_as_s1_model_repairs_with_paper_defaults() -> None:
+    for name in NAMES:
+        entry = DEFENSES.entry(name)
+        assert issubclass(entry.obj, ModelRepair) and entry.meta["scenarios"] == ("S1",)
+        assert "Suppressing Model Shortcuts" in entry.paper
+    p = build_defense("ssft").params
+    assert (p.lr, p.epochs, p.momentum, p.weight_decay, p.batch_size, p.schedule) == (
+        0.01,
+        10,
+        0.9,
+        5e-4,
+        128,
+        "constant",
+    )
+    assert (p.k, p.score, p.mode, p.tune, p.surrogate_attack, p.surrogate_target) == (
+        1,
+        "official",
+        "standard",
+        "stage",
+        "badnets",
+        None,
+    )
+    with pytest.raises(ConfigError):
+        build_defense("ssft", surrogate_params={"target": 3})
+    with pytest.raises(ConfigError):
+        build_defense("ssft", tune="everything")
+
+
+def test_defense_api_gives_no_attack_test_set_or_mask() -> None:
+    """By construction: ``repair`` takes the model, the clean samples, a seed and a device - nothing else."""
+    for name in NAMES:
+        sig = inspect.signature(DEFENSES.get(name).repair)
+        assert list(sig.parameters) == ["self", "model", "clean", "seed", "device"]
+        fields = set(DEFENSES.get(name).Params.model_fields)
+        assert not fields & {"target", "attack", "trigger", "mask", "test"}
+
+
+def test_selection_sees_only_clean_samples_and_its_own_surrogate(
+    badnets_digits, digits_test, monkeypatch
+) -> None:
+    case = badnets_digits[0]
+    clean = case["clean"]
+    clean_rows = {bytes(x.numpy().tobytes()) for x in clean.x}
+    built: list[dict[str, object]] = []
+    poisoned_inputs: list[object] = []
+    scanned: list[object] = []
+    real_build, real_scan = sc.build_surrogate_attack, sc.scan_skips
+
+    def spy_build(params, num_classes, seed):  # type: ignore[no-untyped-def]
+        atk = real_build(params, num_classes, seed)
+        built.append(atk.describe())
+        real_poison = atk.poison
+
+        def poison(train, **kw):  # type: ignore[no-untyped-def]
+            poisoned_inputs.append(train)
+            return real_poison(train, **kw)
+
+        atk.poison = poison  # type: ignore[method-assign]
+        return atk
+
+    def spy_scan(model, data, attack, *a, **kw):  # type: ignore[no-untyped-def]
+        scanned.append(data)
+        return real_scan(model, data, attack, *a, **kw)
+
+    monkeypatch.setattr(sc, "build_surrogate_attack", spy_build)
+    monkeypatch.setattr(sc, "scan_skips", spy_scan)
+    sc.clear_selection_cache()
+    d = build_defense("ss", surrogate_epochs=2)
+    res = d.repair(case["model"], clean, seed=5)
+
+    # the surrogate attack is BadNets with default parameters and a target drawn from the seed alone
+    assert len(built) == 1
+    assert built[0]["attack"] == "badnets" and built[0]["target"] == sc.surrogate_target(d.params, 10, 5)
+    assert built[0]["rate"] == 0.3 and (built[0]["variant"], built[0]["row"], built[0]["col"]) == (
+        "white",
+        1,
+        1,
+    )
+    assert [sc.surrogate_target(d.params, 10, s) for s in range(6)] != [0] * 6  # not the true target
+    # it poisons only part of the clean samples and scans only the rest; never the test set
+    (train_part,), (eval_part,) = poisoned_inputs, scanned
+    assert len(train_part) + len(eval_part) == len(clean)
+    for part in (train_part, eval_part):
+        assert {bytes(x.numpy().tobytes()) for x in part.x} <= clean_rows
+        assert fingerprint(part) != fingerprint(digits_test)
+    assert res.info["selection"]["surrogate"]["target"] == built[0]["target"]
+
+
+def test_selection_is_deterministic_and_cached(badnets_digits) -> None:
+    case = badnets_digits[1]
+    sc.clear_selection_cache()
+    p = build_defense("ss", surrogate_epochs=2).params
+    a = sc.select_critical(case["model"], case["clean"], p, seed=1, device="cpu")
+    sc.clear_selection_cache()
+    b = sc.select_critical(case["model"], case["clean"], p, seed=1, device="cpu")
+    c = sc.select_critical(case["model"], case["clean"], p, seed=1, device="cpu")
+    assert (a.layers, a.scan, a.scores) == (b.layers, b.scan, b.scores) == (c.layers, c.scan, c.scores)
+    assert not b.cached and c.cached
+
+
+def test_ssft_tunes_only_the_critical_stage_and_gammas_survive_checkpoints(badnets_digits, tmp_path) -> None:
+    case = badnets_digits[0]
+    model = case["model"]
+    original = copy.deepcopy(model)
+    res = build_defense("ssft", layers=("layer3.1",), epochs=2).repair(model, case["clean"], seed=0)
+    assert _changed(model, original) == set() and get_gammas(model) == {}  # the input is untouched
+    out = res.model
+    assert res.info["layers"] == ["layer3.1"] and res.info["gammas"] == {"layer3.1": 0.0}
+    assert res.info["finetune"]["tuned"] == ["layer3"]
+    assert get_gammas(out) == {"layer3.1": 0.0}
+    changed = _changed(out, original)
+    assert changed and all(k.startswith("layer3.") for k in changed)
+    # BN statistics of layer3 move (it is trained), those of every other stage are bit-identical
+    assert any(k.endswith("running_mean") for k in changed)
+
+    path = save_model(out, tmp_path / "ssft.safetensors")
+    assert read_sidecar(path)["skips"]["gammas"] == {"layer3.1": 0.0}
+    back = load_model(path)
+    assert get_gammas(back) == {"layer3.1": 0.0}
+    x = case["clean"].pixels()[:32]
+    with torch.no_grad():
+        assert torch.equal(back(x), out.eval()(x))
+
+
+@pytest.mark.parametrize(
+    ("name", "kw", "prefixes"),
+    [
+        ("ft_critical", {"layers": ("layer2.0",), "tune": "block"}, ("layer2.0.",)),
+        ("ft_fc", {}, ("fc.",)),
+        ("ss", {"layers": ("layer4.0",), "mode": "standard"}, ()),
+    ],
+)
+def test_baselines_touch_only_their_parameters(badnets_digits, name, kw, prefixes) -> None:
+    case = badnets_digits[0]
+    original = case["model"]
+    res = build_defense(name, **kw).repair(original, case["clean"], seed=0)
+    changed = _changed(res.model, original)
+    assert all(k.startswith(prefixes) for k in changed) if prefixes else changed == set()
+    if prefixes:
+        assert changed
+    assert get_gammas(res.model) == ({"layer4.0": 0.0} if name == "ss" else {})
+
+
+def test_ft_all_moves_everything(badnets_digits) -> None:
+    case = badnets_digits[0]
+    res = build_defense("ft_all", epochs=1).repair(case["model"], case["clean"], seed=0)
+    changed = _changed(res.model, case["model"])
+    assert {k.split(".")[0] for k in changed} >= {"conv1", "layer1", "layer2", "layer3", "layer4", "fc"}
+
+
+def test_optimized_mode_uses_the_surrogate_gamma(badnets_digits) -> None:
+    case = badnets_digits[2]
+    res = build_defense("ss", mode="optimized", surrogate_epochs=2).repair(
+        case["model"], case["clean"], seed=2
+    )
+    (layer,) = res.info["layers"]
+    best = res.info["selection"]["scores"][0]
+    assert best["skip"] == layer and res.info["gammas"] == {layer: best["gamma"]}
+    assert skips(res.model)[layer].gamma == best["gamma"]
+    explicit = build_defense("ss", layers=(layer,), gamma=0.3).repair(case["model"], case["clean"], seed=2)
+    assert explicit.info["gammas"] == {layer: 0.3}
+
+
+class _Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.bn(self.conv(x)))
+
+
+class _ForeignResNet(nn.Module):
+    """A residual model we did not write (plain additions, no Skip modules, no head_name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.stage = nn.Sequential(_Block(8), _Block(8))
+        self.classifier = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage(F.relu(self.stem(x)))
+        return self.classifier(x.mean((2, 3)))
+
+
+def test_works_on_models_made_addressable_with_attach_skips(badnets_digits, tmp_path) -> None:
+    fx_skips = pytest.importorskip("backdoorkit.models.fx_skips")
+    case = badnets_digits[0]
+    torch.manual_seed(0)
+    model = fx_skips.attach_skips(_ForeignResNet())
+    assert list(skips(model)) == ["stage.0", "stage.1"]
+    original = copy.deepcopy(model)
+
+    res = build_defense("ssft", tune="block", surrogate_epochs=2, epochs=2).repair(
+        model, case["clean"], seed=0
+    )
+    (layer,) = res.info["layers"]
+    assert layer in ("stage.0", "stage.1") and get_gammas(res.model) == {layer: 0.0}
+    changed = _changed(res.model, original)
+    assert changed and all(k.startswith(layer + ".") for k in changed)
+
+    fc = build_defense("ft_fc", epochs=1).repair(model, case["clean"], seed=0)
+    assert {k.split(".")[0] for k in _changed(fc.model, original)} == {"classifier"}
+
+    path = save_model(res.model, tmp_path / "foreign.safetensors")
+    back = load_model(path, model=fx_skips.attach_skips(_ForeignResNet()))
+    assert get_gammas(back) == {layer: 0.0}
+
+
+# ---- effect on BadNets digits models, three seeds ----
+SEEDS = (0, 1, 2)
+EFFECT_EPOCHS = 100
+"""Fine-tuning budget of every fine-tuning defense here: 100 epochs on 144 clean images = 200 optimiser
+steps, the order of the paper's 10 epochs on 5,000 CIFAR-10 images (~400 steps); the paper's 10 epochs
+are only 20 steps on digits (see the ssft module docstring)."""
+
+
+@pytest.fixture(scope="module")
+def outcomes(badnets_digits, digits_test) -> dict[int, dict[str, dict[str, object]]]:
+    table: dict[int, dict[str, dict[str, object]]] = {}
+    for seed in SEEDS:
+        case = badnets_digits[seed]
+        model, attack, clean = case["model"], case["attack"], case["clean"]
+        row = {
+            "none": {
+                "ba": benign_accuracy(model, digits_test),
+                "asr": attack_success_rate(model, digits_test, attack),
+            }
+        }
+        for name in NAMES:
+            kw = {} if name == "ss" else {"epochs": EFFECT_EPOCHS}
+            res = build_defense(name, **kw).repair(model, clean, seed=seed)
+            row[name] = {
+                "ba": benign_accuracy(res.model, digits_test),
+                "asr": attack_success_rate(res.model, digits_test, attack),
+                "seconds": res.seconds,
+                "layers": res.info.get("layers"),
+            }
+        table[seed] = row
+    lines = [f"{'seed':>4} {'defense':>12} {'BA':>6} {'ASR':>6} {'s':>6}  layers"]
+    for seed, row in table.items():
+        for name, r in row.items():
+            lines.append(
+                f"{seed:>4} {name:>12} {100 * r['ba']:6.1f} {100 * r['asr']:6.1f} "
+                f"{r.get('seconds', 0.0):6.1f}  {r.get('layers') or ''}"
+            )
+    print("\n" + "\n".join(lines))
+    return table
+
+
+def test_effect_table(outcomes) -> None:
+    for row in outcomes.values():
+        assert row["none"]["ba"] > 0.97 and row["none"]["asr"] > 0.95
+
+
+def test_fine_tuning_without_suppression_leaves_the_backdoor(outcomes) -> None:
+    """Paper Table 1/2: FT-FC and FT-Critical keep ASR high; FT-All (same budget) lowers it at most
+    partly (measured 96.0 / 70.3 / 96.9 %)."""
+    for row in outcomes.values():
+        assert row["ft_fc"]["asr"] >= 0.9 and row["ft_fc"]["ba"] >= 0.95
+        assert row["ft_critical"]["asr"] >= 0.9 and row["ft_critical"]["ba"] >= 0.95
+        assert row["ft_all"]["asr"] >= 0.6
+
+
+def test_suppression_alone_collapses_ba_and_fine_tuning_restores_it(outcomes) -> None:
+    """Paper Table 2: SS drops BA far below every fine-tuning defense; SSFT gets it back."""
+    for row in outcomes.values():
+        assert row["ss"]["ba"] < 0.6 and row["ss"]["ba"] < row["ft_all"]["ba"] - 0.3
+        assert row["ssft"]["ba"] >= 0.95 and row["ssft"]["ba"] > row["ss"]["ba"] + 0.3
+
+
+def test_ssft_removes_the_backdoor_that_fine_tuning_leaves(outcomes) -> None:
+    """Paper Table 1: SSFT has the lowest ASR of the fine-tuning defenses.  Per seed the result
+    depends on the selected skip (on models trained with another thread count, seed 1 kept 75 %), so:
+    low ASR on at least two of three seeds, and a mean ASR far below every baseline's."""
+    ssft = [row["ssft"]["asr"] for row in outcomes.values()]
+    assert sum(a < 0.2 for a in ssft) >= 2
+    mean = sum(ssft) / len(ssft)
+    for name in ("ft_fc", "ft_all", "ft_critical"):
+        assert mean < sum(row[name]["asr"] for row in outcomes.values()) / len(ssft) - 0.3, name
