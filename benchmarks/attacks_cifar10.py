@@ -175,8 +175,19 @@ def write_report(path_md: Path, config: dict[str, Any], runs: list[Run], clean: 
         gap = None if p_asr is None else asr - p_asr
         params = ", ".join(f"{k}={v}" for k, v in r.params.items()) or "defaults"
         cells = [
-            r.setting, r.label, params, str(res["poisoned"]), fmt(ba), fmt(asr), fmt(asr_q),
-            fmt(100 * clean[r.setting]), fmt(p_ba), fmt(p_asr), fmt(gap), source, f"{res['seconds']:.0f}",
+            r.setting,
+            r.label,
+            params,
+            str(res["poisoned"]),
+            fmt(ba),
+            fmt(asr),
+            fmt(asr_q),
+            fmt(100 * clean[r.setting]),
+            fmt(p_ba),
+            fmt(p_asr),
+            fmt(gap),
+            source,
+            f"{res['seconds']:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
         if gap is not None and gap < -10:
@@ -186,8 +197,10 @@ def write_report(path_md: Path, config: dict[str, Any], runs: list[Run], clean: 
         lines.append("None.")
     for r, gap in flagged:
         note = KNOWN_DIFFERENCES.get(r.attack, "no documented difference")
-        lines.append(f"- **{r.label}** ({r.setting}): {gap:.1f} points.  Known difference: {note}.  "
-                     "Also: shorter training and (when width < 64) a narrower network than the paper's.")
+        lines.append(
+            f"- **{r.label}** ({r.setting}): {gap:.1f} points.  Known difference: {note}.  "
+            "Also: shorter training and (when width < 64) a narrower network than the paper's."
+        )
     lines += [
         "",
         "## Notes",
@@ -226,13 +239,19 @@ def main(argv: list[str] | None = None) -> None:
     from backdoorkit.pipeline import recipe_for, train_model
 
     train, test = load_splits(args.dataset, Path(args.data_root) if args.data_root else None)
-    cfg = recipe_for(train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                     device=args.device)
+    cfg = recipe_for(
+        train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=args.device
+    )
     config = {
-        "dataset": args.dataset, "arch": args.arch, "width": args.width, "epochs": cfg.epochs,
+        "dataset": args.dataset,
+        "arch": args.arch,
+        "width": args.width,
+        "epochs": cfg.epochs,
         "seed": args.seed,
         "recipe": f"lr {cfg.lr}, batch {cfg.batch_size}, {cfg.schedule}, augment {cfg.augment}",
-        "device": str(args.device), "torch": torch.__version__, "python": platform.python_version(),
+        "device": str(args.device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
     }
     chosen = [a.strip() for a in args.attacks.split(",")] if args.attacks else None
@@ -244,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume and path_json.is_file():
         old = json.loads(path_json.read_text())
         same = {k: v for k, v in old.get("config", {}).items() if k != "date"} == {
-            k: v for k, v in config.items() if k != "date"}
+            k: v for k, v in config.items() if k != "date"
+        }
         done = old.get("runs", {}) if same else {}
 
     clean_models: dict[str, torch.nn.Module] = {}
@@ -262,8 +282,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{run.setting}] {run.label} {run.params} rate {run.rate} target {run.target} ...", flush=True)
         try:
             atk = build_attack(run.attack, target=run.target, rate=run.rate, **run.params)
-            summary, _, _ = run_attack(atk, train, test, arch=args.arch, cfg=cfg, seed=args.seed,
-                                       width=args.width, clean_model=clean_models[run.setting])
+            summary, _, _ = run_attack(
+                atk,
+                train,
+                test,
+                arch=args.arch,
+                cfg=cfg,
+                seed=args.seed,
+                width=args.width,
+                clean_model=clean_models[run.setting],
+            )
         except Exception as exc:  # keep going: one failing attack must not lose the others
             summary = {"error": f"{type(exc).__name__}: {exc}"}
         run.result = summary

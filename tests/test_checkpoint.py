@@ -49,7 +49,11 @@ def test_safetensors_roundtrip_with_sidecar(tmp_path: Path, x: torch.Tensor) -> 
     card = json.loads(sidecar_path(path).read_text())
     assert card["arch"] == "resnet18"
     assert card["kwargs"] == {
-        "num_classes": 4, "in_channels": 3, "width": 4, "mean": list(MEAN), "std": list(STD)
+        "num_classes": 4,
+        "in_channels": 3,
+        "width": 4,
+        "mean": list(MEAN),
+        "std": list(STD),
     }
     assert card["classes"] == list(CLASSES)
     assert card["normalization"]["mean"] == pytest.approx(MEAN)
@@ -73,9 +77,7 @@ def test_legacy_pt_is_read_weights_only(
     plain, wrapped = tmp_path / "plain.pt", tmp_path / "wrapped.pth"
     torch.save(model.state_dict(), plain)
     # a training checkpoint as other toolboxes write it: DataParallel prefixes inside a dict
-    torch.save(
-        {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, wrapped
-    )
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, wrapped)
     calls: list[dict[str, object]] = []
     real_load = torch.load
 

@@ -20,9 +20,28 @@ def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
 
 def test_attack_json(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     argv = [
-        "attack", "--dataset", "digits", "--model", "resnet18", "--attack", "badnets", "-p", "variant=grid",
-        "--target", "2", "--poison-rate", "50", "--width", "4", "--epochs", "1", "--seed", "1",
-        "--out", str(tmp_path / "bd.safetensors"), "--json",
+        "attack",
+        "--dataset",
+        "digits",
+        "--model",
+        "resnet18",
+        "--attack",
+        "badnets",
+        "-p",
+        "variant=grid",
+        "--target",
+        "2",
+        "--poison-rate",
+        "50",
+        "--width",
+        "4",
+        "--epochs",
+        "1",
+        "--seed",
+        "1",
+        "--out",
+        str(tmp_path / "bd.safetensors"),
+        "--json",
     ]
     code, out, _ = run(argv, capsys)
     assert code == 0

@@ -229,7 +229,7 @@ def test_resnet_names_counts_and_paths(resnet: TVResNet) -> None:
     # the projection shortcut is the shortcut operand: gamma scales downsample(x), not the branch
     code = gm.code
     assert "layer2_0_skip = self.layer2.0.skip(layer2_0_bn2, layer2_0_downsample_1)" in code.replace(
-        "getattr(self.layer2, \"0\").skip", "self.layer2.0.skip"
+        'getattr(self.layer2, "0").skip', "self.layer2.0.skip"
     )
 
 
@@ -286,9 +286,8 @@ def test_resnet_gamma_zero_matches_hand_written_block(resnet: TVResNet, x: torch
         assert torch.allclose(gm(x), expected, atol=1e-6)
         # half a shortcut: relu(branch + 0.5 * downsample(x))
         set_gamma(gm, "layer2.0", 0.5)
-        block.forward = (
-            lambda inp: block.relu(block.bn2(block.conv2(block.relu(block.bn1(block.conv1(inp)))))
-                                   + 0.5 * block.downsample(inp))
+        block.forward = lambda inp: block.relu(
+            block.bn2(block.conv2(block.relu(block.bn1(block.conv1(inp))))) + 0.5 * block.downsample(inp)
         )
         assert torch.allclose(gm(x), resnet(x), atol=1e-6)
 

@@ -45,7 +45,9 @@ class ArtifactCache:
     def has(self, kind: str, key: str) -> bool:
         return self._path(kind, key, ".safetensors").is_file()
 
-    def put_tensors(self, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> Path:
+    def put_tensors(
+        self, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None
+    ) -> Path:
         from safetensors.torch import save_file
 
         path = self._path(kind, key, ".safetensors")

@@ -35,9 +35,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(
-        self, name: str, *, summary: str = "", paper: str = "", **meta: Any
-    ) -> Callable[[T], T]:
+    def register(self, name: str, *, summary: str = "", paper: str = "", **meta: Any) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``."""
 
         def deco(obj: T) -> T:

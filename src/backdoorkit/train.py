@@ -164,7 +164,7 @@ def fit(
     *,
     trainable: Iterable[nn.Parameter] | None = None,
     loss_fn: LossFn | None = None,
-    augmentation: nn.Module | None | Literal["default"] = "default",
+    augmentation: nn.Module | Literal["default"] | None = "default",
     **overrides: object,
 ) -> FitResult:
     """Train ``model`` on ``data`` in place and return what happened.

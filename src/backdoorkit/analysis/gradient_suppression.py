@@ -59,8 +59,14 @@ class GradientSuppression:
     def plot(self, path: str | Path, *, title: str | None = None) -> Path:
         from backdoorkit.viz.curves import plot_sweep
 
-        return plot_sweep(self.rows, "gamma", path, title=title or "all skips scaled during training",
-                          xlabel="training gamma (all skips)", reverse_x=True)
+        return plot_sweep(
+            self.rows,
+            "gamma",
+            path,
+            title=title or "all skips scaled during training",
+            xlabel="training gamma (all skips)",
+            reverse_x=True,
+        )
 
 
 def gradient_suppression_experiment(
@@ -101,9 +107,23 @@ def gradient_suppression_experiment(
         fit(model, poisoned_train, cfg)
         seconds = time.perf_counter() - start
         m = backdoor_metrics(model, clean_test, attack)
-        rows.append({"gamma": g, "ba": m["ba"], "asr": m.get("asr", float("nan")),
-                     "asr_quantized": m.get("asr_quantized", float("nan")), "seconds": seconds})
+        rows.append(
+            {
+                "gamma": g,
+                "ba": m["ba"],
+                "asr": m.get("asr", float("nan")),
+                "asr_quantized": m.get("asr_quantized", float("nan")),
+                "seconds": seconds,
+            }
+        )
     describe = getattr(attack, "describe", None)
-    meta = {"arch": arch, "width": width, "seed": seed, "train": poisoned_train.name, "test": clean_test.name,
-            "attack": describe() if callable(describe) else None, "config": cfg.model_dump()}
+    meta = {
+        "arch": arch,
+        "width": width,
+        "seed": seed,
+        "train": poisoned_train.name,
+        "test": clean_test.name,
+        "attack": describe() if callable(describe) else None,
+        "config": cfg.model_dump(),
+    }
     return GradientSuppression(rows=rows, meta=meta)

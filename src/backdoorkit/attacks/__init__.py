@@ -34,7 +34,7 @@ def build_attack(name: str, **params: Any) -> Attack:
 def _import_all() -> None:
     """Import every module of this package so each registers itself."""
     for info in pkgutil.iter_modules(__path__):
-        if info.name not in ('base',) and not info.name.startswith("_"):
+        if info.name not in ("base",) and not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
 
 

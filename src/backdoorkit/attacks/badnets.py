@@ -68,11 +68,11 @@ class BadNets(Attack):
         r, c = self.origin(h, w)
         s = self.params.size
         if r < 0 or c < 0 or r + s > h or c + s > w:
-            raise ConfigError(
-                f"badnets: a {s}x{s} patch at row {r}, col {c} does not fit in a {h}x{w} image"
-            )
+            raise ConfigError(f"badnets: a {s}x{s} patch at row {r}, col {c} does not fit in a {h}x{w} image")
 
-    def mask_and_pattern(self, shape: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def mask_and_pattern(
+        self, shape: tuple[int, int, int], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-image mask ``[1, 1, H, W]`` and pattern ``[1, C, H, W]`` on ``device``."""
         c, h, w = shape
         self.validate_shape(shape)

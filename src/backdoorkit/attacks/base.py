@@ -107,7 +107,9 @@ class Attack(ABC):
             raise ConfigError(f"{self.name}: a clean-label attack is all-to-one")
         rate = self.params.rate if self.params.rate is not None else self.default_rate
         if isinstance(rate, float) and not 0.0 <= rate <= 1.0:
-            raise ConfigError(f"{self.name}: rate {rate} is not a fraction in [0, 1] (pass an int for a count)")
+            raise ConfigError(
+                f"{self.name}: rate {rate} is not a fraction in [0, 1] (pass an int for a count)"
+            )
         if isinstance(rate, int) and rate < 0:
             raise ConfigError(f"{self.name}: rate {rate} is a negative count")
         self.rate: float | int = rate
@@ -156,7 +158,9 @@ class Attack(ABC):
     def setup(self, train: ImageSet, *, seed: int = 0, **kwargs: Any) -> Attack:
         """Prepare the trigger from the attacker's clean training data (idempotent per data/seed)."""
         if not self.all2all and self.target >= train.num_classes:
-            raise ConfigError(f"{self.name}: target {self.target} out of range for {train.num_classes} classes")
+            raise ConfigError(
+                f"{self.name}: target {self.target} out of range for {train.num_classes} classes"
+            )
         from backdoorkit.data.fingerprint import fingerprint
 
         key = f"{fingerprint(train)}:{seed}"
@@ -169,10 +173,10 @@ class Attack(ABC):
         self._ready_key = key
         return self
 
-    def _setup(self, train: ImageSet, *, seed: int, **kwargs: Any) -> None:
+    def _setup(self, train: ImageSet, *, seed: int, **kwargs: Any) -> None:  # noqa: B027 (optional hook)
         """Override to compute data-dependent trigger parts (default: nothing)."""
 
-    def validate_shape(self, shape: tuple[int, int, int]) -> None:
+    def validate_shape(self, shape: tuple[int, int, int]) -> None:  # noqa: B027 (optional hook)
         """Override to reject image shapes the trigger does not fit (patch outside the image ...)."""
 
     @property
@@ -210,7 +214,7 @@ class Attack(ABC):
             if self.rate > n:
                 raise ConfigError(f"{self.name}: poison count {self.rate} exceeds the {n} training images")
             return self.rate
-        return int(round(self.rate * n))
+        return round(self.rate * n)
 
     def candidates(self, train: ImageSet) -> torch.Tensor:
         """Rows that may be poisoned: non-target rows (dirty, all-to-one), target rows (clean), all."""
@@ -228,7 +232,9 @@ class Attack(ABC):
         info: dict[str, Any] = {"requested": want}
         if want > len(cand):
             what = "target-class" if self.label_mode == "clean" else "eligible"
-            info["capped"] = f"rate asks for {want} rows but only {len(cand)} {what} images exist; poisoning all"
+            info["capped"] = (
+                f"rate asks for {want} rows but only {len(cand)} {what} images exist; poisoning all"
+            )
             want = len(cand)
         gen = torch.Generator().manual_seed(seed)
         pick = cand[torch.randperm(len(cand), generator=gen)[:want]]

@@ -150,7 +150,13 @@ def attack_cmd(
     if attacker is not None and not takes_model(atk):
         raise ConfigError(f"--attacker-model: attack {atk.name!r} does not use an attacker model")
     cfg = recipe_for(
-        train_set, epochs=epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed, device=device,
+        train_set,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        augment=augment,
+        seed=seed,
+        device=device,
         progress=progress and not json_out,
     )
     summary, bd_model, _ = run_attack(
@@ -161,16 +167,25 @@ def attack_cmd(
         from backdoorkit.checkpoint import save_model
 
         path = save_model(
-            bd_model, out, classes=train_set.classes,
-            config={"train": cfg.model_dump(), "command": "attack", "dataset": dataset,
-                    "attack": atk.describe(), "seed": seed},
+            bd_model,
+            out,
+            classes=train_set.classes,
+            config={
+                "train": cfg.model_dump(),
+                "command": "attack",
+                "dataset": dataset,
+                "attack": atk.describe(),
+                "seed": seed,
+            },
         )
         summary["out"] = str(path)
     if json_out:
         emit_json(summary)
         return
-    console.print(f"[bold]{atk.name}[/] ({atk.label_mode}-label, {summary['poisoned']} poisoned rows) "
-                  f"against {model} on {train_set.name}, {cfg.epochs} epochs")
+    console.print(
+        f"[bold]{atk.name}[/] ({atk.label_mode}-label, {summary['poisoned']} poisoned rows) "
+        f"against {model} on {train_set.name}, {cfg.epochs} epochs"
+    )
     for key, value in summary["poison"].items():
         if key != "requested":
             console.print(f"  {key}: {value}")
@@ -180,8 +195,10 @@ def attack_cmd(
     if same:
         console.print(f"ASR       {pct(asr)} %   (clean model {pct(summary['clean_asr'])} %)")
     else:
-        console.print(f"ASR       {pct(asr)} % float trigger, {pct(asr_q)} % quantised trigger "
-                      f"(clean model {pct(summary['clean_asr'])} %)")
+        console.print(
+            f"ASR       {pct(asr)} % float trigger, {pct(asr_q)} % quantised trigger "
+            f"(clean model {pct(summary['clean_asr'])} %)"
+        )
     if out is not None:
         console.print(f"saved {summary['out']}")
 

@@ -20,7 +20,9 @@ DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ...")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
 
 
-def load_splits(dataset: str, data_root: Path | None, image_size: int | None = None) -> tuple[ImageSet, ImageSet]:
+def load_splits(
+    dataset: str, data_root: Path | None, image_size: int | None = None
+) -> tuple[ImageSet, ImageSet]:
     """``(train, test)`` of a dataset given by name or path."""
     train = load_dataset(dataset, "train", data_root, image_size=image_size)
     test = load_dataset(dataset, "test", data_root, image_size=image_size)

@@ -138,10 +138,18 @@ def defend(
         "clean_samples": len(clean),
     }
     if out is not None:
-        path = save_model(result.model, out, config={
-            "command": "defend", "defense": d.describe(), "source": str(model), "dataset": dataset,
-            "clean_fraction": clean_fraction, "seed": seed,
-        })
+        path = save_model(
+            result.model,
+            out,
+            config={
+                "command": "defend",
+                "defense": d.describe(),
+                "source": str(model),
+                "dataset": dataset,
+                "clean_fraction": clean_fraction,
+                "seed": seed,
+            },
+        )
         summary["out"] = str(path)
     if json_out:
         emit_json(summary)
@@ -197,12 +205,19 @@ def scan_skips_cmd(
     scores = scan.scores("official")
     files = scan.save(out, title=f"{model.stem}: {attack} on {test_set.name}", highlight=[scores[0].skip])
     if json_out:
-        emit_json({**scan.to_dict(), "scores": [s.__dict__ for s in scores],
-                   "files": {k: str(v) for k, v in files.items()}})
+        emit_json(
+            {
+                **scan.to_dict(),
+                "scores": [s.__dict__ for s in scores],
+                "files": {k: str(v) for k, v in files.items()},
+            }
+        )
         return
     console.print(f"baseline BA {pct(scan.baseline['ba'])} %, ASR {pct(scan.baseline['asr'])} %")
     for s in scores:
-        console.print(f"{s.skip:>14}  critical score {s.score:+.3f} at gamma {s.gamma:g} "
-                      f"(BA {pct(s.ba)} %, ASR {pct(s.asr)} %)")
+        console.print(
+            f"{s.skip:>14}  critical score {s.score:+.3f} at gamma {s.gamma:g} "
+            f"(BA {pct(s.ba)} %, ASR {pct(s.asr)} %)"
+        )
     for kind, path in files.items():
         console.print(f"wrote {kind}: {path}")

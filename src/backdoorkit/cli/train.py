@@ -100,7 +100,13 @@ def train(
         train_set = ps.data
         poison_info = {"poisoned": ps.count, **ps.info}
     cfg = recipe_for(
-        train_set, epochs=epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed, device=device,
+        train_set,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        augment=augment,
+        seed=seed,
+        device=device,
         progress=progress and not json_out,
     )
     net = load_model(init) if init is not None else make_model(model, train_set, width=width, seed=seed)

@@ -25,7 +25,9 @@ DEFENSES: Registry[type[Defense]] = Registry("defense")
 
 def register_defense(cls: type[Defense]) -> type[Defense]:
     """Class decorator: register ``cls`` under ``cls.name`` with its kind and scenarios."""
-    DEFENSES.add(cls.name, cls, paper=cls.paper, kind=cls.kind, scenarios=tuple(s.value for s in cls.scenarios))
+    DEFENSES.add(
+        cls.name, cls, paper=cls.paper, kind=cls.kind, scenarios=tuple(s.value for s in cls.scenarios)
+    )
     return cls
 
 
@@ -36,7 +38,7 @@ def build_defense(name: str, **params: Any) -> Defense:
 def _import_all() -> None:
     """Import every module of this package so each registers itself."""
     for info in pkgutil.iter_modules(__path__):
-        if info.name not in ('base',) and not info.name.startswith("_"):
+        if info.name not in ("base",) and not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
 
 

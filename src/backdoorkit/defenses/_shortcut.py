@@ -178,8 +178,9 @@ def _model_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in model.state_dict().items():
         h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-                 if v.numel() else b"")
+        h.update(
+            v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b""
+        )
     h.update(json.dumps(get_gammas(model, only_changed=False), sort_keys=True).encode())
     return h.hexdigest()[:20]
 
@@ -208,7 +209,12 @@ def build_surrogate_attack(params: SelectParams, num_classes: int, seed: int) ->
 
 
 def select_critical(
-    model: nn.Module, clean: ImageSet, params: SelectParams, *, seed: int, device: str = "auto",
+    model: nn.Module,
+    clean: ImageSet,
+    params: SelectParams,
+    *,
+    seed: int,
+    device: str = "auto",
     need_scan: bool = True,
 ) -> Selection:
     """Choose the critical skip(s) of ``model`` from the clean samples only (module docstring).
@@ -233,8 +239,11 @@ def select_critical(
         raise ConfigError(f"k={k} but only {len(candidates)} candidate skips")
 
     relevant = {k: v for k, v in params.model_dump(mode="json").items() if k in SelectParams.model_fields}
-    key = json.dumps([_model_digest(model), fingerprint(clean), relevant, seed, candidates, k, str(device)],
-                     sort_keys=True, default=str)
+    key = json.dumps(
+        [_model_digest(model), fingerprint(clean), relevant, seed, candidates, k, str(device)],
+        sort_keys=True,
+        default=str,
+    )
     if key in _MEMO:
         _MEMO.move_to_end(key)
         hit = copy.deepcopy(_MEMO[key])
@@ -253,8 +262,9 @@ def select_critical(
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     while epochs < params.surrogate_epochs:
         chunk = min(params.surrogate_check, params.surrogate_epochs - epochs)
-        cfg = tune_config(clean, TuneParams(epochs=chunk, lr=params.surrogate_lr), seed=seed + epochs,
-                          device=device)
+        cfg = tune_config(
+            clean, TuneParams(epochs=chunk, lr=params.surrogate_lr), seed=seed + epochs, device=device
+        )
         fit(surrogate, poisoned.data, cfg)
         epochs += chunk
         asr, ba = attack_success_rate(surrogate, sur_eval, attack), benign_accuracy(surrogate, sur_eval)
@@ -324,9 +334,19 @@ def tune_config(clean: ImageSet, p: TuneParams, *, seed: int, device: str) -> Tr
     from backdoorkit.pipeline import recipe_for
 
     return recipe_for(
-        clean, epochs=p.epochs, steps=p.steps, lr=p.lr, momentum=p.momentum, nesterov=p.nesterov,
-        weight_decay=p.weight_decay, batch_size=p.batch_size, schedule=p.schedule, augment=p.augment,
-        drop_last=False, seed=seed, device=device,
+        clean,
+        epochs=p.epochs,
+        steps=p.steps,
+        lr=p.lr,
+        momentum=p.momentum,
+        nesterov=p.nesterov,
+        weight_decay=p.weight_decay,
+        batch_size=p.batch_size,
+        schedule=p.schedule,
+        augment=p.augment,
+        drop_last=False,
+        seed=seed,
+        device=device,
     )
 
 

@@ -121,7 +121,9 @@ class ModelRepair(Defense):
     kind = "repair"
     scenarios = (Scenario.S1,)
 
-    def repair(self, model: nn.Module, clean: ImageSet, *, seed: int = 0, device: str = "auto") -> DefenseResult:
+    def repair(
+        self, model: nn.Module, clean: ImageSet, *, seed: int = 0, device: str = "auto"
+    ) -> DefenseResult:
         """Return a repaired copy of ``model`` (the argument is not modified)."""
         start = time.perf_counter()
         work = copy.deepcopy(model)

@@ -44,12 +44,15 @@ class FTCritical(ModelRepair):
         sel = select_critical(model, clean, p, seed=seed, device=device, need_scan=not p.layers)
         modules = critical_modules(sel.layers, p.tune)
         _, tuned = finetune(model, clean, p, modules, seed=seed, device=device)
-        return DefenseResult(model, {
-            "layers": sel.layers,
-            "gammas": {},
-            "scan": sel.scan,
-            "selection": sel.info(),
-            "finetune": tuned,
-            "selection_seconds": sel.seconds,
-            "finetune_seconds": tuned["seconds"],
-        })
+        return DefenseResult(
+            model,
+            {
+                "layers": sel.layers,
+                "gammas": {},
+                "scan": sel.scan,
+                "selection": sel.info(),
+                "finetune": tuned,
+                "selection_seconds": sel.seconds,
+                "finetune_seconds": tuned["seconds"],
+            },
+        )

@@ -45,11 +45,14 @@ class ShortcutSuppression(ModelRepair):
         sel = select_critical(model, clean, p, seed=seed, device=device, need_scan=need)
         gammas = suppression_gammas(sel, p)
         suppress(model, gammas)
-        return DefenseResult(model, {
-            "layers": sel.layers,
-            "gammas": gammas,
-            "mode": "explicit" if p.gamma is not None else p.mode,
-            "scan": sel.scan,
-            "selection": sel.info(),
-            "selection_seconds": sel.seconds,
-        })
+        return DefenseResult(
+            model,
+            {
+                "layers": sel.layers,
+                "gammas": gammas,
+                "mode": "explicit" if p.gamma is not None else p.mode,
+                "scan": sel.scan,
+                "selection": sel.info(),
+                "selection_seconds": sel.seconds,
+            },
+        )

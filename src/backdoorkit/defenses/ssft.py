@@ -80,13 +80,16 @@ class SSFT(ModelRepair):
         suppress(model, gammas)
         modules = critical_modules(sel.layers, p.tune)
         _, tuned = finetune(model, clean, p, modules, seed=seed, device=device)
-        return DefenseResult(model, {
-            "layers": sel.layers,
-            "gammas": gammas,
-            "mode": "explicit" if p.gamma is not None else p.mode,
-            "scan": sel.scan,
-            "selection": sel.info(),
-            "finetune": tuned,
-            "selection_seconds": sel.seconds,
-            "finetune_seconds": tuned["seconds"],
-        })
+        return DefenseResult(
+            model,
+            {
+                "layers": sel.layers,
+                "gammas": gammas,
+                "mode": "explicit" if p.gamma is not None else p.mode,
+                "scan": sel.scan,
+                "selection": sel.info(),
+                "finetune": tuned,
+                "selection_seconds": sel.seconds,
+                "finetune_seconds": tuned["seconds"],
+            },
+        )

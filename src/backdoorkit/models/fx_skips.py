@@ -111,10 +111,7 @@ def attach_skips(model: nn.Module, *, missing_ok: bool = False) -> nn.Module:
     graph = _trace(model)
     found = _find_residuals(model, graph)
     if not found:
-        msg = (
-            f"attach_skips: found no residual additions in {name}; it has no skip connections to "
-            "address"
-        )
+        msg = f"attach_skips: found no residual additions in {name}; it has no skip connections to address"
         if missing_ok:
             warnings.warn(msg + "; returning it unchanged", stacklevel=2)
             return model

@@ -65,8 +65,11 @@ def plot_skip_scan(
         ax.set_xlim(max(g) + 0.05, min(g) - 0.05)  # gamma decreases to the right, as in the paper
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
-        ax.set_title(f"{name} *" if name in highlight else name, fontsize=9,
-                     fontweight="bold" if name in highlight else "normal")
+        ax.set_title(
+            f"{name} *" if name in highlight else name,
+            fontsize=9,
+            fontweight="bold" if name in highlight else "normal",
+        )
         if i % cols == 0:
             ax.set_ylabel("%")
         if i // cols == nrows - 1:
@@ -109,8 +112,15 @@ def plot_sweep(
             marker, color = styles.get(s, ("^-", None))
             label = s.upper() if key is None else f"{s.upper()} {key}"
             alpha = 1.0 if len(groups) == 1 else 0.4 + 0.6 * (gi + 1) / len(groups)
-            ax.plot(xs, [_pct(r.get(s)) for r in mine], marker, ms=3, label=label,
-                    color=color if len(groups) == 1 else None, alpha=alpha)
+            ax.plot(
+                xs,
+                [_pct(r.get(s)) for r in mine],
+                marker,
+                ms=3,
+                label=label,
+                color=color if len(groups) == 1 else None,
+                alpha=alpha,
+            )
     if reverse_x:
         ax.invert_xaxis()
     if log_x:

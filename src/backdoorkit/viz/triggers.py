@@ -71,8 +71,9 @@ def draw_gallery(
             ax_row = axes[3 * block + r]
             ax_row[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
             for col in range(len(images)):
-                ax_row[col].imshow(_as_image(images[col]), cmap="gray", vmin=0.0, vmax=1.0,
-                                   interpolation="nearest")
+                ax_row[col].imshow(
+                    _as_image(images[col]), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest"
+                )
         if len(clean) == 0:
             axes[3 * block][0].set_ylabel(f"{name}\n(nothing poisoned)", rotation=0, ha="right", fontsize=8)
     if title:
