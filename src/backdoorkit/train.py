@@ -1,8 +1,9 @@
 """The one training loop, used by attacks and defenses alike.
 
 ``fit(model, data, config)`` trains on a whole :class:`ImageSet` held on the device: batches are index
-slices, augmentation (random crop + flip through kornia) runs on whole batches, CUDA gets bf16
-autocast and channels_last, and a CPU run is seeded and deterministic.  ``loss_fn`` lets a defense
+slices, augmentation (random crop + flip through kornia) runs on whole batches, channels_last and bf16
+autocast are on for CUDA (opt-in on CPU, see :mod:`backdoorkit.device`), and a CPU run is seeded and
+deterministic.  ``loss_fn`` lets a defense
 replace the objective (reconstruction terms, attention distillation, loss flooding ...) without
 another training loop; ``trainable`` restricts which parameters move (and freezes the batch-norm
 statistics of every module that has nothing trainable, so frozen layers stay bit-identical).
@@ -62,8 +63,8 @@ class TrainConfig(BaseModel):
     drop_last: bool = True
     seed: int = 0
     device: str = "auto"
-    channels_last: bool | None = None
-    amp: bool | None = None
+    channels_last: bool | None = Field(None, description="None: on for CUDA, off for CPU")
+    amp: bool | None = Field(None, description="bf16 autocast; None: on for CUDA, off for CPU")
     compile: bool = False
     progress: bool = False
 
@@ -244,7 +245,7 @@ def fit(
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     y = data.y[idx]
-                    with autocast(device, cfg.amp):
+                    with autocast(device, cfg.amp, training=True):
                         out = loss_fn(step_model, x, y)
                     loss, logits = out if isinstance(out, tuple) else (out, None)
                     if not torch.isfinite(loss):
