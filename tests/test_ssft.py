@@ -136,7 +136,7 @@ def test_ssft_tunes_only_the_critical_stage_and_gammas_survive_checkpoints(badne
     case = badnets_digits[0]
     model = case["model"]
     original = copy.deepcopy(model)
-    res = build_defense("ssft", layers=("layer3.1",), epochs=2).repair(model, case["clean"], seed=0)
+    res = build_defense("ssft", layers=("layer3.1",), epochs=2, min_steps=None).repair(model, case["clean"], seed=0)
     assert _changed(model, original) == set() and get_gammas(model) == {}  # the input is untouched
     out = res.model
     assert res.info["layers"] == ["layer3.1"] and res.info["gammas"] == {"layer3.1": 0.0}
@@ -177,7 +177,7 @@ def test_baselines_touch_only_their_parameters(badnets_digits, name, kw, prefixe
 
 def test_ft_all_moves_everything(badnets_digits) -> None:
     case = badnets_digits[0]
-    res = build_defense("ft_all", epochs=1).repair(case["model"], case["clean"], seed=0)
+    res = build_defense("ft_all", epochs=1, min_steps=None).repair(case["model"], case["clean"], seed=0)
     changed = _changed(res.model, case["model"])
     assert {k.split(".")[0] for k in changed} >= {"conv1", "layer1", "layer2", "layer3", "layer4", "fc"}
 
@@ -227,7 +227,7 @@ def test_works_on_models_made_addressable_with_attach_skips(badnets_digits, tmp_
     assert list(skips(model)) == ["stage.0", "stage.1"]
     original = copy.deepcopy(model)
 
-    res = build_defense("ssft", tune="block", surrogate_epochs=2, epochs=2).repair(
+    res = build_defense("ssft", tune="block", surrogate_epochs=2, epochs=2, min_steps=None).repair(
         model, case["clean"], seed=0
     )
     (layer,) = res.info["layers"]
@@ -235,7 +235,7 @@ def test_works_on_models_made_addressable_with_attach_skips(badnets_digits, tmp_
     changed = _changed(res.model, original)
     assert changed and all(k.startswith(layer + ".") for k in changed)
 
-    fc = build_defense("ft_fc", epochs=1).repair(model, case["clean"], seed=0)
+    fc = build_defense("ft_fc", epochs=1, min_steps=None).repair(model, case["clean"], seed=0)
     assert {k.split(".")[0] for k in _changed(fc.model, original)} == {"classifier"}
 
     path = save_model(res.model, tmp_path / "foreign.safetensors")
@@ -245,10 +245,9 @@ def test_works_on_models_made_addressable_with_attach_skips(badnets_digits, tmp_
 
 # ---- effect on BadNets digits models, three seeds ----
 SEEDS = (0, 1, 2)
-EFFECT_EPOCHS = 100
-"""Fine-tuning budget of every fine-tuning defense here: 100 epochs on 144 clean images = 200 optimiser
-steps, the order of the paper's 10 epochs on 5,000 CIFAR-10 images (~400 steps); the paper's 10 epochs
-are only 20 steps on digits (see the ssft module docstring)."""
+"""Every defense runs with its defaults: 10 epochs and at least 400 optimiser steps (the paper's budget
+of 10 epochs on 5,000 CIFAR-10 images; 10 epochs on 144 digits would be 20 steps).  Measured (BA/ASR %):
+SSFT 98.6/5.0, 98.3/0.0, 97.5/0.9; FT-All 98.9/95.4, 98.3/70.0, 98.6/96.9; SS BA 9.7, 20.9, 19.2."""
 
 
 @pytest.fixture(scope="module")
@@ -264,8 +263,7 @@ def outcomes(badnets_digits, digits_test) -> dict[int, dict[str, dict[str, objec
             }
         }
         for name in NAMES:
-            kw = {} if name == "ss" else {"epochs": EFFECT_EPOCHS}
-            res = build_defense(name, **kw).repair(model, clean, seed=seed)
+            res = build_defense(name).repair(model, clean, seed=seed)
             row[name] = {
                 "ba": benign_accuracy(res.model, digits_test),
                 "asr": attack_success_rate(res.model, digits_test, attack),
