@@ -153,7 +153,9 @@ def write_report(path_md: Path, config: dict[str, Any], runs: list[Run], clean: 
         f"# Attacks without defense on {config['dataset']}",
         "",
         f"ResNet-18 width {config['width']}, {config['epochs']} epochs (recipe: {config['recipe']}), "
-        f"seed {config['seed']}, device {config['device']}, torch {config['torch']}, {config['date']}.",
+        f"seed {config['seed']}, device {config['device']}, bf16 autocast {config.get('amp', False)}, "
+        f"attacker model for the model-based attacks: {config.get('attacker', 'own')}, "
+        f"torch {config['torch']}, {config['date']}.",
         "Default setting: poison rate 10 %, target 0 (Trap-and-Replace, Table 1 'No defense'); SSFT setting: "
         "5 %, target 1 (SSFT, Table 1 'No Defense').  ASR in % on non-target test images; 'ASR q' uses the "
         "trigger quantised to uint8 as an image file would carry it.",
@@ -228,6 +230,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only-ssft", action="store_true", help="run only SSFT's setting")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast in training (opt-in on CPU)")
+    ap.add_argument(
+        "--own-attacker",
+        action="store_true",
+        help="model-based attacks train their own attacker model (default: the clean model of the setting)",
+    )
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     ap.add_argument("--resume", action="store_true", help="skip runs already in the JSON (same config)")
     args = ap.parse_args(argv)
@@ -240,7 +248,13 @@ def main(argv: list[str] | None = None) -> None:
 
     train, test = load_splits(args.dataset, Path(args.data_root) if args.data_root else None)
     cfg = recipe_for(
-        train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=args.device
+        train,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        amp=args.amp or None,
     )
     config = {
         "dataset": args.dataset,
@@ -250,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
         "seed": args.seed,
         "recipe": f"lr {cfg.lr}, batch {cfg.batch_size}, {cfg.schedule}, augment {cfg.augment}",
         "device": str(args.device),
+        "amp": bool(cfg.amp),
+        "attacker": "own" if args.own_attacker else "clean model of the setting",
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
@@ -291,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
                 seed=args.seed,
                 width=args.width,
                 clean_model=clean_models[run.setting],
+                attacker=None if args.own_attacker else clean_models[run.setting],
             )
         except Exception as exc:  # keep going: one failing attack must not lose the others
             summary = {"error": f"{type(exc).__name__}: {exc}"}

@@ -199,7 +199,7 @@ def victim(
     """Poison ``train`` with ``attack_name`` (paper setting) and train (or load) the victim model."""
     params = {**PAPER_ATTACK_PARAMS.get(attack_name, {}), **args.attack_params.get(attack_name, {})}
     attack = build_attack(attack_name, target=args.target, rate=args.rate, **params)
-    cfg = recipe_for(train, epochs=args.epochs, device=args.device)
+    cfg = recipe_for(train, epochs=args.epochs, device=args.device, amp=args.amp or None)
     key = hash_key(
         "ssft-victim", attack.key(seed), fingerprint(train), args.arch, args.width, cfg.model_dump()
     )
@@ -295,6 +295,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-sweeps", action="store_true", help="skip Figures 3-5")
     ap.add_argument("--gradient-suppression", action="store_true", help="also train with all skips scaled")
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--amp", action="store_true", help="bf16 autocast when training the victims (opt-in on CPU)"
+    )
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--prefix", default="ssft")
     ap.add_argument("--smoke", action="store_true", help="digits, width 8, tiny budgets, output to /tmp")
@@ -375,7 +378,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 run["test_scan"] = scan.to_rows()
             report["runs"].append(run)
             if attack_name == "badnets" and seed == seeds[0] and not args.no_sweeps:
-                report["sweeps"] = sweeps(args, model, train, test, attack, seed, out_dir)
+                chosen = run["rows"].get("SSFT", {}).get("layers")
+                report["sweeps"] = sweeps(args, model, train, test, attack, seed, out_dir, chosen)
             if attack_name == "badnets" and seed == seeds[0] and args.gradient_suppression:
                 poisoned = attack.poison(train, seed=seed).data
                 gs = gradient_suppression_experiment(
@@ -383,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     poisoned,
                     test,
                     attack,
-                    config=recipe_for(train, epochs=args.epochs, device=args.device),
+                    config=recipe_for(train, epochs=args.epochs, device=args.device, amp=args.amp or None),
                     width=args.width,
                     seed=seed,
                 )
@@ -443,13 +447,20 @@ def sweeps(
     attack: Any,
     seed: int,
     out_dir: Path,
+    layers: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Figures 3-5 for BadNets: SSFT against the decay factor, the clean sample size, the tuning epochs."""
+    """Figures 3-5 for BadNets: SSFT against the decay factor, the clean sample size, the tuning epochs.
+
+    The decay-factor and epoch sweeps keep the clean set of the main run, so they reuse the skip SSFT
+    chose there (``layers``) instead of repeating the same selection; the sample-size sweep selects
+    anew on each clean subset.  The epoch sweep disables ``min_steps`` so that the x axis is what it
+    says (the paper's Figure 5)."""
     _, clean = split_holdout(train, args.clean_fraction, seed, name="clean")
     base = _defense_kw(args, "ssft")
+    fixed = {**base, "layers": layers} if layers else base
     out: dict[str, Any] = {"gamma": [], "samples": [], "epochs": []}
     for g in SWEEP_GAMMAS:
-        r = run_defense("ssft", {**base, "gamma": g}, model, clean, test, attack, seed, args.device)
+        r = run_defense("ssft", {**fixed, "gamma": g}, model, clean, test, attack, seed, args.device)
         out["gamma"].append({"gamma": g, "ba": r["ba"], "asr": r["asr"], "layers": r["layers"]})
         log(f"  fig3 gamma {g}: BA {fmt(r['ba'])} ASR {fmt(r['asr'])}")
     for frac in SWEEP_FRACTIONS:
@@ -461,7 +472,9 @@ def sweeps(
         log(f"  fig4 {len(part)} samples: BA {fmt(r['ba'])} ASR {fmt(r['asr'])} layers {r['layers']}")
     epochs = SWEEP_EPOCHS if not args.smoke else (1, 2)
     for e in epochs:
-        r = run_defense("ssft", {**base, "epochs": e}, model, clean, test, attack, seed, args.device)
+        r = run_defense(
+            "ssft", {**fixed, "epochs": e, "min_steps": None}, model, clean, test, attack, seed, args.device
+        )
         out["epochs"].append({"epochs": e, "ba": r["ba"], "asr": r["asr"]})
         log(f"  fig5 {e} epochs: BA {fmt(r['ba'])} ASR {fmt(r['asr'])}")
     p = args.prefix

@@ -92,6 +92,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ("nan-init", ("non-finite", "fc.weight")),
         ("labels-out-of-range", ("12",)),
         ("wrong-channels", ("3-channel", "1-channel")),
+        ("fractional-count", ("--poison-rate 1.5",)),
     ],
 )
 def test_user_errors_are_one_line(files: dict[str, Path], case: str, needles: tuple[str, ...]) -> None:
@@ -104,6 +105,7 @@ def test_user_errors_are_one_line(files: dict[str, Path], case: str, needles: tu
         "nan-init": ["--init", str(files["nan"])],
         "labels-out-of-range": ["--dataset", str(files["npz"])],
         "wrong-channels": ["--init", str(files["rgb"])],
+        "fractional-count": ["--attack", "badnets", "--poison-rate", "1.5"],
     }[case]
     proc = run_cli("train", "--epochs", "1", "--width", "4", "--device", "cpu", *args, cwd=root)
     assert_user_error(proc, *needles)

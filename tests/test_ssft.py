@@ -136,7 +136,9 @@ def test_ssft_tunes_only_the_critical_stage_and_gammas_survive_checkpoints(badne
     case = badnets_digits[0]
     model = case["model"]
     original = copy.deepcopy(model)
-    res = build_defense("ssft", layers=("layer3.1",), epochs=2, min_steps=None).repair(model, case["clean"], seed=0)
+    res = build_defense("ssft", layers=("layer3.1",), epochs=2, min_steps=None).repair(
+        model, case["clean"], seed=0
+    )
     assert _changed(model, original) == set() and get_gammas(model) == {}  # the input is untouched
     out = res.model
     assert res.info["layers"] == ["layer3.1"] and res.info["gammas"] == {"layer3.1": 0.0}

@@ -177,3 +177,11 @@ def test_evaluate_on_empty_set(clean_model: nn.Module, digits_test: ImageSet) ->
     empty = digits_test.subset(torch.zeros(0, dtype=torch.long))
     assert math.isnan(evaluate(clean_model, empty))
     assert predict(clean_model, empty.x).numel() == 0
+
+
+def test_predict_works_for_a_model_without_parameters() -> None:
+    """A parameter-free model (a fixed preprocessing head, say) runs on the CPU without error."""
+    net = nn.Sequential(nn.Flatten(), nn.Identity())
+    x = torch.zeros(3, 1, 2, 2, dtype=torch.uint8)
+    out = predict(net, x)
+    assert out.shape == (3, 4) and out.device.type == "cpu"

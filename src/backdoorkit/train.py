@@ -332,7 +332,10 @@ def predict(
 
     ``transform`` (a batched trigger, say) is applied to float pixels before the model.
     """
-    dev = next(model.parameters()).device if device is None else resolve_device(device)
+    if device is None:
+        dev = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+    else:
+        dev = resolve_device(device)
     model.to(dev)
     outs = []
     with eval_mode(model):

@@ -29,21 +29,11 @@ from backdoorkit.cli.common import (
     load_splits,
     parse_params,
     pct,
+    rate_value,
 )
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.errors import ConfigError
 from backdoorkit.train import TrainConfig
-
-
-def rate_value(poison_rate: float | None) -> float | int | None:
-    """``--poison-rate``: a fraction below 1, or a whole count from 1 up."""
-    if poison_rate is None:
-        return None
-    if poison_rate >= 1:
-        if poison_rate != int(poison_rate):
-            raise ConfigError(f"--poison-rate {poison_rate}: a fraction is below 1, a count a whole number")
-        return int(poison_rate)
-    return float(poison_rate)
 
 
 def takes_model(atk: Attack) -> bool:

@@ -73,3 +73,16 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
         except yaml.YAMLError:
             raise ConfigError(f"parameter {item!r}: cannot parse the value") from None
     return out
+
+
+def rate_value(poison_rate: float | None) -> float | int | None:
+    """``--poison-rate``: a fraction below 1, or a whole count from 1 up."""
+    if poison_rate is None:
+        return None
+    from backdoorkit.errors import ConfigError
+
+    if poison_rate >= 1:
+        if poison_rate != int(poison_rate):
+            raise ConfigError(f"--poison-rate {poison_rate}: a fraction is below 1, a count a whole number")
+        return int(poison_rate)
+    return float(poison_rate)

@@ -19,6 +19,7 @@ from backdoorkit.cli.common import (
     load_splits,
     parse_params,
     pct,
+    rate_value,
 )
 from backdoorkit.data import ImageSet
 from backdoorkit.device import eval_mode
@@ -94,7 +95,7 @@ def train(
     if attack is not None:
         params = parse_params(param)
         if poison_rate is not None:
-            params["rate"] = int(poison_rate) if poison_rate >= 1 else float(poison_rate)
+            params["rate"] = rate_value(poison_rate)
         atk = build_attack(attack, target=target, **params)
         ps = atk.poison(train_set, seed=seed)
         train_set = ps.data
