@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -116,6 +117,18 @@ class Attack(ABC):
         self._ready_key: str | None = None
         self.num_classes: int | None = None
         self.image_shape: tuple[int, int, int] | None = None
+        self._patterns: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
+
+    def _pattern_on(
+        self, shape: tuple[int, ...], device: torch.device | str, build: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
+        """A fixed pattern for images of ``shape``, ``[1, *shape]`` on ``device``: built once by
+        ``build()`` (``[*shape]``, any device) and kept per (shape, device) so batches reuse it."""
+        dev = torch.device(device)
+        key = (tuple(shape), str(dev))
+        if key not in self._patterns:
+            self._patterns[key] = build().unsqueeze(0).to(dev)
+        return self._patterns[key]
 
     # ------------------------------------------------------------------ identity
     @property

@@ -69,22 +69,16 @@ class Blended(Attack):
 
     params: BlendedParams
 
-    def __init__(self, **params: object) -> None:
-        super().__init__(**params)
-        self._patterns: dict[tuple[tuple[int, int, int], str], torch.Tensor] = {}
-
     def pattern(self, shape: tuple[int, int, int], device: torch.device | str = "cpu") -> torch.Tensor:
         """The blend pattern ``[1, C, H, W]`` for images of ``shape`` on ``device`` (cached)."""
-        dev = torch.device(device)
-        key = (shape, str(dev))
-        if key not in self._patterns:
-            p = self.params
+        p = self.params
+
+        def build() -> torch.Tensor:
             if p.pattern_path:
-                base = image_pattern(p.pattern_path, shape)
-            else:
-                base = noise_pattern(shape, p.pattern_seed)
-            self._patterns[key] = base.unsqueeze(0).to(dev)
-        return self._patterns[key]
+                return image_pattern(p.pattern_path, shape)
+            return noise_pattern(shape, p.pattern_seed)
+
+        return self._pattern_on(shape, device, build)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         a = self.params.alpha

@@ -55,19 +55,12 @@ class L2Invisible(Attack):
 
     params: L2InvisibleParams
 
-    def __init__(self, **params: object) -> None:
-        super().__init__(**params)
-        self._patterns: dict[tuple[tuple[int, int, int], str], torch.Tensor] = {}
-
     def pattern(self, shape: tuple[int, int, int], device: torch.device | str = "cpu") -> torch.Tensor:
         """The additive pattern ``[1, C, H, W]`` for images of ``shape`` on ``device`` (cached)."""
-        dev = torch.device(device)
-        key = (shape, str(dev))
-        if key not in self._patterns:
-            p = self.params
-            pattern = dense_pattern(shape, p.amplitude, p.density, p.pattern_seed)
-            self._patterns[key] = pattern.unsqueeze(0).to(dev)
-        return self._patterns[key]
+        p = self.params
+        return self._pattern_on(
+            shape, device, lambda: dense_pattern(shape, p.amplitude, p.density, p.pattern_seed)
+        )
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         c, h, w = x.shape[1:]
