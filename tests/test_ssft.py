@@ -291,7 +291,7 @@ def test_effect_table(outcomes) -> None:
 
 def test_fine_tuning_without_suppression_leaves_the_backdoor(outcomes) -> None:
     """Paper Table 1/2: FT-FC and FT-Critical keep ASR high; FT-All (same budget) lowers it at most
-    partly (measured 96.0 / 70.3 / 96.9 %)."""
+    partly (measured 95.4 / 70.0 / 96.9 %)."""
     for row in outcomes.values():
         assert row["ft_fc"]["asr"] >= 0.9 and row["ft_fc"]["ba"] >= 0.95
         assert row["ft_critical"]["asr"] >= 0.9 and row["ft_critical"]["ba"] >= 0.95
