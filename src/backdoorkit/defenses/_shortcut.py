@@ -338,6 +338,29 @@ def suppress(model: nn.Module, gammas: dict[str, float]) -> None:
         set_gamma(model, name, g)
 
 
+class SelectSuppressParams(SelectParams, SuppressParams):
+    """Selection + suppression parameters (SS; SSFT adds fine-tuning)."""
+
+
+def select_and_suppress(
+    model: nn.Module, clean: ImageSet, p: SelectSuppressParams, *, seed: int, device: str
+) -> tuple[Selection, dict[str, Any]]:
+    """Steps 1 and 2 of SS / SSFT: select the critical skip(s) on the defender's surrogate and set
+    their gammas on ``model``.  Returns the selection and the result info both defenses report."""
+    sel = select_critical(model, clean, p, seed=seed, device=device, need_scan=needs_scan(p) or not p.layers)
+    gammas = suppression_gammas(sel, p)
+    suppress(model, gammas)
+    info = {
+        "layers": sel.layers,
+        "gammas": gammas,
+        "mode": "explicit" if p.gamma is not None else p.mode,
+        "scan": sel.scan,
+        "selection": sel.info(),
+        "selection_seconds": sel.seconds,
+    }
+    return sel, info
+
+
 # ---------------------------------------------------------------------------------------- fine-tuning
 def tune_steps(n: int, p: TuneParams) -> int | None:
     """Optimiser steps of a fine-tuning run on ``n`` samples (``None``: plain epochs)."""

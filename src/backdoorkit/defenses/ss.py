@@ -15,17 +15,13 @@ from backdoorkit.data.imageset import ImageSet
 from backdoorkit.defenses import register_defense
 from backdoorkit.defenses._shortcut import (
     PAPER,
-    SelectParams,
-    SuppressParams,
-    needs_scan,
-    select_critical,
-    suppress,
-    suppression_gammas,
+    SelectSuppressParams,
+    select_and_suppress,
 )
 from backdoorkit.defenses.base import DefenseResult, ModelRepair
 
 
-class SSParams(SelectParams, SuppressParams):
+class SSParams(SelectSuppressParams):
     """Selection + suppression parameters (no fine-tuning)."""
 
 
@@ -40,19 +36,5 @@ class ShortcutSuppression(ModelRepair):
     params: SSParams
 
     def _repair(self, model: nn.Module, clean: ImageSet, *, seed: int, device: str) -> DefenseResult:
-        p = self.params
-        need = needs_scan(p) or not p.layers
-        sel = select_critical(model, clean, p, seed=seed, device=device, need_scan=need)
-        gammas = suppression_gammas(sel, p)
-        suppress(model, gammas)
-        return DefenseResult(
-            model,
-            {
-                "layers": sel.layers,
-                "gammas": gammas,
-                "mode": "explicit" if p.gamma is not None else p.mode,
-                "scan": sel.scan,
-                "selection": sel.info(),
-                "selection_seconds": sel.seconds,
-            },
-        )
+        _, info = select_and_suppress(model, clean, self.params, seed=seed, device=device)
+        return DefenseResult(model, info)

@@ -44,21 +44,17 @@ from backdoorkit.data.imageset import ImageSet
 from backdoorkit.defenses import register_defense
 from backdoorkit.defenses._shortcut import (
     PAPER,
-    SelectParams,
-    SuppressParams,
+    SelectSuppressParams,
     TuneParams,
     TuneScope,
     critical_modules,
     finetune,
-    needs_scan,
-    select_critical,
-    suppress,
-    suppression_gammas,
+    select_and_suppress,
 )
 from backdoorkit.defenses.base import DefenseResult, ModelRepair
 
 
-class SSFTParams(SelectParams, SuppressParams, TuneScope, TuneParams):
+class SSFTParams(SelectSuppressParams, TuneScope, TuneParams):
     """Selection + suppression + fine-tuning parameters (defaults in the module docstring)."""
 
 
@@ -74,22 +70,6 @@ class SSFT(ModelRepair):
 
     def _repair(self, model: nn.Module, clean: ImageSet, *, seed: int, device: str) -> DefenseResult:
         p = self.params
-        need = needs_scan(p) or not p.layers
-        sel = select_critical(model, clean, p, seed=seed, device=device, need_scan=need)
-        gammas = suppression_gammas(sel, p)
-        suppress(model, gammas)
-        modules = critical_modules(sel.layers, p.tune)
-        _, tuned = finetune(model, clean, p, modules, seed=seed, device=device)
-        return DefenseResult(
-            model,
-            {
-                "layers": sel.layers,
-                "gammas": gammas,
-                "mode": "explicit" if p.gamma is not None else p.mode,
-                "scan": sel.scan,
-                "selection": sel.info(),
-                "finetune": tuned,
-                "selection_seconds": sel.seconds,
-                "finetune_seconds": tuned["seconds"],
-            },
-        )
+        sel, info = select_and_suppress(model, clean, p, seed=seed, device=device)
+        _, tuned = finetune(model, clean, p, critical_modules(sel.layers, p.tune), seed=seed, device=device)
+        return DefenseResult(model, {**info, "finetune": tuned, "finetune_seconds": tuned["seconds"]})
