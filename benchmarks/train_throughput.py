@@ -214,15 +214,12 @@ def _device_name(device: torch.device) -> str:
 
 
 def _commit() -> str:
+    """The short commit, with ``+dirty`` when tracked files differ from it."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=RESULTS.parent,
-            timeout=10,
-        )
-        return out.stdout.strip() or "unknown"
+        git = {"capture_output": True, "text": True, "cwd": RESULTS.parent, "timeout": 10}
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **git).stdout.strip()
+        return (head + ("+dirty" if dirty else "")) if head else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
