@@ -293,6 +293,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra parameter for the selection-based defenses, key=value (repeatable)",
     )
     ap.add_argument("--no-sweeps", action="store_true", help="skip Figures 3-5")
+    ap.add_argument("--rows", default=None, help="comma-separated subset of the defense rows (default: all)")
+    ap.add_argument("--no-scan", action="store_true", help="skip the test-set skip scan (analysis only)")
     ap.add_argument("--gradient-suppression", action="store_true", help="also train with all skips scaled")
     ap.add_argument("--device", default="auto")
     ap.add_argument(
@@ -336,9 +338,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for a in attacks:
         ATTACKS.entry(a)  # unknown names fail now, with the registry's suggestion
     seeds = [int(s) for s in args.seeds.split(",")]
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows else list(ROWS)
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        raise SystemExit(f"error: unknown rows {unknown}; choose from {list(ROWS)}")
     train = load_dataset(args.dataset, "train", args.data_root)
     test = load_dataset(args.dataset, "test", args.data_root)
-    stem = f"{args.prefix}_{args.dataset}"
     report: dict[str, Any] = {"setting": {k: v for k, v in vars(args).items()}, "runs": [], "sweeps": {}}
     started = time.perf_counter()
 
@@ -355,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "rows": {"No Defense": {**base, "seconds": 0.0}},
             }
             for row, spec in ROWS.items():
-                if spec is None:
+                if spec is None or row not in rows:
                     continue
                 name, extra = spec
                 kw = {**_defense_kw(args, name), **extra}
@@ -365,9 +370,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"  {row:12s} BA {fmt(r['ba'])} ASR {fmt(r['asr'])} layers {r['layers']} "
                     f"gammas {r['gammas']} ({r['seconds']:.1f}s)"
                 )
-            if seed == seeds[0]:
+            if seed == seeds[0] and not args.no_scan:
                 scan = scan_skips(model, test, attack)
-                chosen = run["rows"]["SSFT"]["layers"] or []
+                chosen = run["rows"].get("SSFT", {}).get("layers") or []
                 scan.to_csv(out_dir / f"{args.prefix}_scan_{attack_name}.csv")
                 scan.plot(
                     out_dir / f"{args.prefix}_scan_{attack_name}.png",
@@ -377,6 +382,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 )
                 run["test_scan"] = scan.to_rows()
             report["runs"].append(run)
+            write_report(args, report, seeds, attacks, out_dir, started)
             if attack_name == "badnets" and seed == seeds[0] and not args.no_sweeps:
                 chosen = run["rows"].get("SSFT", {}).get("layers")
                 report["sweeps"] = sweeps(args, model, train, test, attack, seed, out_dir, chosen)
@@ -394,7 +400,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 gs.plot(out_dir / f"{args.prefix}_training_gamma.png")
                 report["gradient_suppression"] = gs.to_rows()
 
-    report["seconds"] = time.perf_counter() - started
+    write_report(args, report, seeds, attacks, out_dir, started)
+    return report
+
+
+def write_report(
+    args: argparse.Namespace,
+    report: dict[str, Any],
+    seeds: list[int],
+    attacks: list[str],
+    out_dir: Path,
+    started: float,
+) -> None:
+    """Write ``<prefix>_<dataset>.md`` and ``.json`` from the runs so far (called after every run)."""
+    stem = f"{args.prefix}_{args.dataset}"
+    done = [a for a in attacks if any(r["attack"] == a for r in report["runs"])]
+    attacks = done or attacks
     ours = _averaged(report["runs"])
     paper = PAPER.get(args.dataset, PAPER["cifar10"])
     md = [
@@ -405,23 +426,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"target {args.target}, clean samples {args.clean_fraction:g} of the training split, seeds {seeds}. "
         "Paper numbers (CIFAR-10, full ResNet-18, 200 epochs) in parentheses.",
         "",
+        f"Defense settings: fine-tuning lr {args.ft_lr or 'default (0.01)'}, "
+        f"epochs {args.ft_epochs or 'default (10)'}, extra selection parameters "
+        f"{args.defense_param or 'none'}, rows {args.rows or 'all'}.",
+        "",
         table_md("Table 1", TABLE1, attacks, ours, paper),
         table_md("Table 2 (ablation)", TABLE2, attacks, ours, paper),
         "### Critical layers chosen (SSFT, per attack and seed)",
         "",
     ]
     for run in report["runs"]:
-        r = run["rows"]["SSFT"]
+        r = run["rows"].get("SSFT")
+        if r is None:
+            continue
         sur = r["info"].get("selection", {}).get("surrogate", {})
         md.append(
             f"- {run['attack']} seed {run['seed']}: {r['layers']} (surrogate backdoor on the defender's "
             f"held-out clean samples: BA {fmt(sur.get('ba'))}, ASR {fmt(sur.get('asr'))})"
         )
+    report["seconds"] = time.perf_counter() - started
     md.append(f"\nTotal time {report['seconds']:.0f}s.\n")
     (out_dir / f"{stem}.md").write_text("\n".join(md))
     (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
     log(f"wrote {out_dir / (stem + '.md')}")
-    return report
 
 
 def _averaged(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
