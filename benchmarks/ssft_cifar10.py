@@ -292,6 +292,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="extra parameter for the selection-based defenses, key=value (repeatable)",
     )
+    ap.add_argument(
+        "--attack-param",
+        "-A",
+        action="append",
+        default=[],
+        help="attack parameter, attack:key=value (repeatable), e.g. label_consistent:attacker_epochs=4",
+    )
     ap.add_argument("--no-sweeps", action="store_true", help="skip Figures 3-5")
     ap.add_argument("--rows", default=None, help="comma-separated subset of the defense rows (default: all)")
     ap.add_argument("--no-scan", action="store_true", help="skip the test-set skip scan (analysis only)")
@@ -305,6 +312,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--smoke", action="store_true", help="digits, width 8, tiny budgets, output to /tmp")
     args = ap.parse_args(argv)
     args.attack_params = {}
+    for item in args.attack_param:
+        name, sep, kv = item.partition(":")
+        if not sep or "=" not in kv:
+            ap.error(f"--attack-param wants attack:key=value, got {item!r}")
+        from backdoorkit.cli.common import parse_params
+
+        args.attack_params.setdefault(name, {}).update(parse_params([kv]))
     if args.smoke:
         args.dataset, args.width, args.epochs = "digits", 8, 2
         args.out = args.out if args.out != "benchmarks/results" else "/tmp/ssft_smoke"
