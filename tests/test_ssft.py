@@ -60,6 +60,17 @@ def test_registered_as_s1_model_repairs_with_paper_defaults() -> None:
         build_defense("ssft", tune="everything")
 
 
+def test_layer_lists_accept_the_strings_the_command_line_gives() -> None:
+    # `-p layers=layer3.1` and `-p layers=layer2.1,layer3.1` reach the parameters as strings
+    assert build_defense("ssft", layers="layer3.1").params.layers == ("layer3.1",)
+    p = build_defense("ss", layers="layer2.1, layer3.1", candidates="layer1.0,layer2.1,layer3.1")
+    assert p.params.layers == ("layer2.1", "layer3.1")
+    assert p.params.candidates == ("layer1.0", "layer2.1", "layer3.1")
+    assert build_defense("ssft", gammas="1.0,0.5,0").params.gammas == (1.0, 0.5, 0.0)
+    with pytest.raises(ConfigError):
+        build_defense("ssft", gammas="0.5,0")  # the grid must contain 1.0
+
+
 def test_defense_api_gives_no_attack_test_set_or_mask() -> None:
     """By construction: ``repair`` takes the model, the clean samples, a seed and a device - nothing else."""
     for name in NAMES:

@@ -122,6 +122,16 @@ class SelectParams(DefenseParams):
     surrogate_ba_drop: float = Field(0.05, ge=0, le=1, description="... and its BA is at most this far down")
     surrogate_lr: float = Field(0.01, gt=0)
 
+    @field_validator("layers", "candidates", "gammas", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        """Accept ``"layer3.1"`` or ``"layer2.1,layer3.1"`` (as ``-p layers=...`` gives) for a tuple."""
+        if isinstance(v, str):
+            return tuple(part.strip() for part in v.split(",") if part.strip())
+        if isinstance(v, (int, float)):
+            return (v,)
+        return v
+
     @field_validator("surrogate_params")
     @classmethod
     def _no_target(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
