@@ -300,7 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="attack parameter, attack:key=value (repeatable), e.g. label_consistent:attacker_epochs=4",
     )
     ap.add_argument("--no-sweeps", action="store_true", help="skip Figures 3-5")
-    ap.add_argument("--rows", default=None, help="comma-separated subset of the defense rows (default: all)")
+    ap.add_argument("--rows", default=None, help="comma-separated defense rows, run in this order (default: all)")
     ap.add_argument("--no-scan", action="store_true", help="skip the test-set skip scan (analysis only)")
     ap.add_argument("--gradient-suppression", action="store_true", help="also train with all skips scaled")
     ap.add_argument("--device", default="auto")
@@ -373,8 +373,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "victim": vinfo,
                 "rows": {"No Defense": {**base, "seconds": 0.0}},
             }
-            for row, spec in ROWS.items():
-                if spec is None or row not in rows:
+            report["runs"].append(run)  # written after every row: a stopped run keeps what it has
+            for row in rows:  # in the order asked for
+                spec = ROWS[row]
+                if spec is None:
                     continue
                 name, extra = spec
                 kw = {**_defense_kw(args, name), **extra}
@@ -384,6 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"  {row:12s} BA {fmt(r['ba'])} ASR {fmt(r['asr'])} layers {r['layers']} "
                     f"gammas {r['gammas']} ({r['seconds']:.1f}s)"
                 )
+                write_report(args, report, seeds, attacks, out_dir, started)
             if seed == seeds[0] and not args.no_scan:
                 scan = scan_skips(model, test, attack)
                 chosen = run["rows"].get("SSFT", {}).get("layers") or []
@@ -395,7 +398,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"scan (analysis only; * = SSFT's choice)",
                 )
                 run["test_scan"] = scan.to_rows()
-            report["runs"].append(run)
             write_report(args, report, seeds, attacks, out_dir, started)
             if attack_name == "badnets" and seed == seeds[0] and not args.no_sweeps:
                 chosen = run["rows"].get("SSFT", {}).get("layers")
