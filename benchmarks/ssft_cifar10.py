@@ -300,7 +300,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="attack parameter, attack:key=value (repeatable), e.g. label_consistent:attacker_epochs=4",
     )
     ap.add_argument("--no-sweeps", action="store_true", help="skip Figures 3-5")
-    ap.add_argument("--rows", default=None, help="comma-separated defense rows, run in this order (default: all)")
+    ap.add_argument(
+        "--rows", default=None, help="comma-separated defense rows, run in this order (default: all)"
+    )
     ap.add_argument("--no-scan", action="store_true", help="skip the test-set skip scan (analysis only)")
     ap.add_argument("--gradient-suppression", action="store_true", help="also train with all skips scaled")
     ap.add_argument("--device", default="auto")
