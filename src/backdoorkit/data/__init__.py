@@ -22,7 +22,14 @@ from backdoorkit.data.loading import (
     register_path_format,
 )
 from backdoorkit.data.sources import DATASETS, DatasetSource, LoadOptions, register_source
-from backdoorkit.data.splits import resolve_count, split_holdout, stratified_indices, take_fraction
+from backdoorkit.data.splits import (
+    check_amount,
+    parse_amount,
+    resolve_count,
+    split_holdout,
+    stratified_indices,
+    take_fraction,
+)
 
 __all__ = [
     "DATASETS",
@@ -32,11 +39,13 @@ __all__ = [
     "LoadOptions",
     "PathFormat",
     "available",
+    "check_amount",
     "concat",
     "data_roots",
     "index_batches",
     "iterate",
     "load_dataset",
+    "parse_amount",
     "quantize",
     "register_path_format",
     "register_source",

@@ -8,19 +8,37 @@ from backdoorkit.data.imageset import ImageSet
 from backdoorkit.errors import ConfigError
 
 
-def resolve_count(amount: float | int, total: int, what: str = "amount") -> int:
-    """A fraction in ``(0, 1]`` (float) or an absolute count (int) -> a count in ``[0, total]``."""
-    if isinstance(amount, bool):
+def check_amount(amount: object, what: str = "amount", *, positive: bool = False) -> float | int:
+    """Validate "a fraction or a count": a float in ``[0, 1]`` or an int ``>= 0`` (``> 0`` when
+    ``positive``); returns it unchanged.  The one rule for poison rates, holdout sizes and subsets."""
+    if isinstance(amount, bool) or not isinstance(amount, float | int):
         raise ConfigError(f"{what} must be a fraction or a count, got {amount!r}")
     if isinstance(amount, float):
-        if not 0.0 <= amount <= 1.0:
-            raise ConfigError(f"{what} {amount} is not a fraction in [0, 1] (pass an int for a count)")
+        if not (0.0 < amount <= 1.0 if positive else 0.0 <= amount <= 1.0):
+            span = "(0, 1]" if positive else "[0, 1]"
+            raise ConfigError(f"{what} {amount} is not a fraction in {span} (pass an int for a count)")
+    elif amount < (1 if positive else 0):
+        raise ConfigError(f"{what} {amount} is not a count >= {1 if positive else 0}")
+    return amount
+
+
+def parse_amount(value: float, what: str = "amount", *, positive: bool = False) -> float | int:
+    """A number typed on the command line: below 1 a fraction, from 1 up a whole count."""
+    if value >= 1:
+        if value != int(value):
+            raise ConfigError(f"{what} {value}: a fraction is below 1, a count a whole number")
+        return check_amount(int(value), what, positive=positive)
+    return check_amount(float(value), what, positive=positive)
+
+
+def resolve_count(amount: float | int, total: int, what: str = "amount") -> int:
+    """A fraction in ``[0, 1]`` (float) or an absolute count (int) -> a count in ``[0, total]``."""
+    check_amount(amount, what)
+    if isinstance(amount, float):
         return round(amount * total)
-    if isinstance(amount, int):
-        if not 0 <= amount <= total:
-            raise ConfigError(f"{what} {amount} is not a count in [0, {total}]")
-        return amount
-    raise ConfigError(f"{what} must be a fraction or a count, got {amount!r}")
+    if amount > total:
+        raise ConfigError(f"{what} {amount} is not a count in [0, {total}]")
+    return int(amount)
 
 
 def stratified_indices(y: torch.Tensor, count: int, seed: int, num_classes: int) -> torch.Tensor:
