@@ -1,10 +1,6 @@
 """The defense interface: four kinds, each declaring the scenarios it serves.
 
-Scenarios (who holds what):
-
-* ``S1``: a suspicious model and a small clean set (model repair, input detectors, inspectors);
-* ``S2``: an untrusted training set and a small clean holdout (robust training);
-* ``S3``: an untrusted training set and no clean data at all (robust training without a holdout).
+Scenarios (who holds what) are defined in :mod:`backdoorkit.scenarios`.
 
 Kinds:
 
@@ -22,13 +18,10 @@ the poisoned mask or the target class.  Its hyper-parameters are validated pydan
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -38,20 +31,8 @@ from torch import nn
 from backdoorkit.attacks.base import params_error
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.errors import ScenarioError
+from backdoorkit.scenarios import Scenario
 from backdoorkit.train import TrainConfig
-
-
-class Scenario(StrEnum):
-    S1 = "S1"
-    S2 = "S2"
-    S3 = "S3"
-
-
-SCENARIO_TEXT = {
-    Scenario.S1: "a suspicious model and a small clean set",
-    Scenario.S2: "an untrusted training set and a clean holdout",
-    Scenario.S3: "an untrusted training set without clean data",
-}
 
 
 class DefenseParams(BaseModel):
@@ -96,23 +77,9 @@ class Defense(ABC):
     def describe(self) -> dict[str, Any]:
         return {"defense": self.name, **self.params.model_dump()}
 
-    def key(self) -> str:
-        blob = json.dumps(self.describe(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump().items())
         return f"{type(self).__name__}({args})"
-
-    @classmethod
-    def check_scenario(cls, scenario: Scenario | str) -> None:
-        """Raise :class:`ScenarioError` (with the reason) if ``scenario`` does not suit this defense."""
-        sc = Scenario(scenario)
-        if sc not in cls.scenarios:
-            serves = "; ".join(f"{s.value} ({SCENARIO_TEXT[s]})" for s in cls.scenarios)
-            raise ScenarioError(
-                f"{cls.name} needs {serves}, but scenario {sc.value} gives {SCENARIO_TEXT[sc]}"
-            )
 
 
 class ModelRepair(Defense):

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from backdoorkit.cache import ArtifactCache
-from backdoorkit.errors import ConfigError
+from backdoorkit.errors import ConfigError, one_line
 from backdoorkit.experiment.executors import Executor, make_executor
 from backdoorkit.experiment.progress import Progress, describe
 from backdoorkit.experiment.spec import NO_ATTACK, Cell, Plan, Spec, expand, load_spec
-from backdoorkit.experiment.stages import one_line
 from backdoorkit.experiment.store import ResultStore
 
 

@@ -48,12 +48,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from backdoorkit.cache import hash_key
 from backdoorkit.errors import BackdoorkitError, ConfigError
+from backdoorkit.scenarios import SCENARIOS, choose_scenario
 
-SCENARIOS = ("S1", "S2", "S3")
 NO_ATTACK = "none"
 NO_DEFENSE = "none"
 ALL_DEFENSES = "*"
-SCENARIO_NEEDS_CLEAN = {"S1", "S2"}
 
 
 # ---------------------------------------------------------------------------------------- the schema
@@ -888,38 +887,6 @@ def _one_defense(
 
 def _scenarios_of(cls: Any) -> list[str]:
     return [str(getattr(s, "value", s)) for s in cls.scenarios]
-
-
-SCENARIO_TEXT = {
-    "S1": "a suspicious model and a small clean set",
-    "S2": "an untrusted training set and a clean holdout",
-    "S3": "an untrusted training set without clean data",
-}
-
-
-def choose_scenario(
-    defense: str, serves: list[str], offered: list[str], pinned: str | None, clean_fraction: float
-) -> tuple[str | None, str | None]:
-    """``(scenario, None)`` for the first scenario ``defense`` serves that the experiment offers, or
-    ``(None, reason)`` when there is none."""
-    needs = "; or ".join(f"{s} ({SCENARIO_TEXT[s]})" for s in serves) or "no scenario"
-    if pinned is not None and pinned not in serves:
-        return (
-            None,
-            f"{defense} needs {needs}, but it was asked to run in {pinned}, "
-            f"which gives {SCENARIO_TEXT[pinned]}",
-        )
-    wanted = [pinned] if pinned is not None else offered
-    available = [
-        s for s in wanted if s in offered and not (s in SCENARIO_NEEDS_CLEAN and clean_fraction <= 0)
-    ]
-    for s in serves:
-        if s in available:
-            return s, None
-    if clean_fraction <= 0 and any(s in SCENARIO_NEEDS_CLEAN for s in serves):
-        return None, f"{defense} needs {needs}, but clean_fraction is 0: the defender holds no clean data"
-    gives = ", ".join(f"{s} ({SCENARIO_TEXT[s]})" for s in wanted)
-    return None, f"{defense} needs {needs}, but this experiment offers only {gives}"
 
 
 @dataclass

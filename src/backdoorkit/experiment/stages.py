@@ -48,9 +48,10 @@ from backdoorkit.cache import ArtifactCache, hash_key
 from backdoorkit.data import ImageSet, load_dataset, resolve_count, split_holdout, stratified_indices
 from backdoorkit.data.fingerprint import fingerprint
 from backdoorkit.data.imageset import to_pixels
-from backdoorkit.errors import ModelFileError
+from backdoorkit.errors import ModelFileError, one_line
 from backdoorkit.experiment.spec import NO_ATTACK, NO_DEFENSE, Cell, DatasetRef
-from backdoorkit.experiment.store import jsonsafe, versions
+from backdoorkit.experiment.store import versions
+from backdoorkit.jsonable import to_jsonable
 
 SCORE_CHUNK = 512
 
@@ -71,13 +72,6 @@ def _sample(data: ImageSet, amount: int | float, what: str) -> ImageSet:
     count = resolve_count(amount, len(data), what)
     idx = stratified_indices(data.y, count, 0, data.num_classes)
     return data.subset(idx.to(data.device))
-
-
-def one_line(exc: BaseException) -> str:
-    """``"Type: message"`` on one line, at most 300 characters."""
-    text = " ".join(str(exc).split()) or "(no message)"
-    text = f"{type(exc).__name__}: {text}"
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _config_identity(cfg: Any) -> dict[str, Any]:
@@ -216,10 +210,10 @@ class CellWork:
                     key,
                     {"x": ps.data.x, "y": ps.data.y, "mask": ps.mask},
                     meta={
-                        "attack": jsonsafe(attack.describe()),
+                        "attack": to_jsonable(attack.describe()),
                         "seed": seed,
                         "count": ps.count,
-                        "info": jsonsafe(ps.info),
+                        "info": to_jsonable(ps.info),
                     },
                 )
         return ps, attack, key
@@ -241,7 +235,7 @@ class CellWork:
                     "backdoored_model",
                     key,
                     model,
-                    meta={"cell": self.cell.hash, "attack": jsonsafe(attack.describe())},
+                    meta={"cell": self.cell.hash, "attack": to_jsonable(attack.describe())},
                 )
             else:
                 self.cached.append("backdoor_model")
@@ -329,7 +323,7 @@ class CellWork:
             if holdout is None:  # the spec never plans this; a guard for direct use
                 raise RuntimeError(f"{self.cell.defense} needs a clean holdout (scenario S1)")
             result = self._defense().repair(model, holdout, seed=self.cell.seed, device=self.cell.device)
-            info = jsonsafe(dict(result.info))
+            info = to_jsonable(dict(result.info))
             self.cache.put_model(
                 "defended_model",
                 key,
@@ -363,7 +357,7 @@ class CellWork:
             )
             raw = dict(result.info)
             isolated = raw.pop("isolated", None)
-            info = jsonsafe(raw)
+            info = to_jsonable(raw)
             if isolated is not None:
                 self.cache.put_tensors("defended_extra", key, {"isolated": torch.as_tensor(isolated).cpu()})
             self.cache.put_model(
@@ -422,7 +416,7 @@ class CellWork:
                 s_clean = self._scores(detector, test.x)
                 s_trig = self._scores(detector, xt) if xt is not None else None
                 threshold = None if detector.threshold is None else float(detector.threshold)
-                info = jsonsafe(dict(getattr(detector, "info", {}) or {}))
+                info = to_jsonable(dict(getattr(detector, "info", {}) or {}))
                 store = {"clean": s_clean} | ({"triggered": s_trig} if s_trig is not None else {})
                 self.cache.put_tensors(
                     "detector_scores",
@@ -462,7 +456,7 @@ class CellWork:
             if holdout is None:
                 raise RuntimeError(f"{self.cell.defense} needs a clean holdout (scenario S1)")
             v = self._defense().inspect(model, holdout, seed=self.cell.seed)
-            verdict = jsonsafe({"infected": bool(v.infected), "target": v.target, "scores": dict(v.scores)})
+            verdict = to_jsonable({"infected": bool(v.infected), "target": v.target, "scores": dict(v.scores)})
             tensors = {"infected": torch.tensor([int(v.infected)])}
             if v.trigger is not None:
                 tensors["trigger"] = v.trigger.detach().float().cpu()

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from backdoorkit.experiment.spec import Cell, Plan
+from backdoorkit.jsonable import to_jsonable
 
 SCHEMA_VERSION = 1
 HEARTBEAT_SECONDS = 5.0
@@ -387,7 +388,7 @@ class ResultStore:
         values: dict[str, Any] = {k: _finite(metrics.get(k)) for k in METRIC_COLUMNS}
         values.update(
             status=result["status"],
-            info=json.dumps(jsonsafe(result.get("info", {})), sort_keys=True, allow_nan=False),
+            info=json.dumps(to_jsonable(result.get("info", {})), sort_keys=True, allow_nan=False),
             stage_seconds=json.dumps(result.get("stages", {}), sort_keys=True),
             wall_seconds=_finite(result.get("seconds")),
             device=result.get("device"),
@@ -442,34 +443,6 @@ class ResultStore:
 
     def integrity(self) -> str:
         return str(self._con().execute("PRAGMA integrity_check").fetchone()[0])
-
-
-def jsonsafe(obj: Any) -> Any:
-    """A JSON-ready copy: NaN/inf become ``None``, tuples lists, tensors and arrays lists (or a short
-    summary when large), anything else unknown its ``str``."""
-    if isinstance(obj, dict):
-        return {str(k): jsonsafe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set):
-        return [jsonsafe(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "tolist") and hasattr(obj, "shape"):  # torch tensor / numpy array
-        size = 1
-        for d in obj.shape:
-            size *= int(d)
-        if size > 4096:
-            return f"<array shape {list(obj.shape)}>"
-        return jsonsafe(obj.tolist())
-    if hasattr(obj, "item"):
-        try:
-            return jsonsafe(obj.item())
-        except (TypeError, ValueError):
-            pass
-    if hasattr(obj, "model_dump"):
-        return jsonsafe(obj.model_dump())
-    return str(obj)
 
 
 def cell_json(cell: Cell) -> dict[str, Any]:
