@@ -19,7 +19,7 @@ def datasets(data_root: Path | None = DataRootOpt, json_out: bool = JsonOpt) -> 
     Registered datasets are searched under the data roots (``--data-root``, ``$BACKDOORKIT_DATA``,
     the standard folders); sizes come from file headers and label lists where the format allows,
     so listing does not decode images.  A dataset whose files are present but unreadable is listed
-    with the reason and no sizes.
+    with the reason and no sizes.  A ``--data-root`` that is not an existing folder is an error.
     """
     rows = available(data_root)
     if json_out:

@@ -11,7 +11,7 @@ from backdoorkit.data import digits as _digits  # noqa: F401  (registers the emb
 from backdoorkit.data import folder as _folder  # noqa: F401  (registers image folders)
 from backdoorkit.data import gtsrb as _gtsrb  # noqa: F401  (registers gtsrb)
 from backdoorkit.data import idx as _idx  # noqa: F401  (registers mnist, fashion_mnist)
-from backdoorkit.data.batching import index_batches, iterate, standard_augmentation
+from backdoorkit.data.batching import index_batches, standard_augmentation
 from backdoorkit.data.imageset import ImageSet, concat, quantize, to_pixels
 from backdoorkit.data.loading import (
     PATH_FORMATS,
@@ -43,7 +43,6 @@ __all__ = [
     "concat",
     "data_roots",
     "index_batches",
-    "iterate",
     "load_dataset",
     "parse_amount",
     "quantize",

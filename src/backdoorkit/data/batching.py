@@ -12,7 +12,7 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
-from backdoorkit.data.imageset import ImageSet, to_pixels
+from backdoorkit.data.imageset import ImageSet
 
 
 def index_batches(
@@ -40,22 +40,3 @@ def standard_augmentation(data: ImageSet, padding: int | None = None) -> nn.Modu
     if data.hflip:
         ops.append(K.RandomHorizontalFlip())
     return K.AugmentationSequential(*ops)
-
-
-def iterate(
-    data: ImageSet,
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    generator: torch.Generator | None = None,
-    augment: nn.Module | None = None,
-    drop_last: bool = False,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(pixels, labels)`` batches; pixels are float ``[0, 1]`` on the set's device."""
-    for idx in index_batches(
-        len(data), batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last, device=data.device
-    ):
-        x = to_pixels(data.x[idx])
-        if augment is not None:
-            x = augment(x)
-        yield x, data.y[idx]

@@ -12,12 +12,27 @@ Each batch is a pickled dict: ``data`` (uint8 ``[N, 3072]``, rows are the R, G a
 32x32 image) and ``labels`` / ``fine_labels`` (N ints).  The official files were written by Python 2,
 so they are read with ``encoding="bytes"`` (keys arrive as ``b"data"``; str keys are accepted too).
 
-Safety: a pickle can run arbitrary code, so batches are read with :class:`BatchUnpickler`, which
-resolves only the globals a CIFAR batch needs to rebuild its numpy array (``_reconstruct`` from
-``numpy.core.multiarray`` / ``numpy._core.multiarray``, ``numpy.ndarray``, ``numpy.dtype``).  Dicts,
-lists, ints and byte strings come from pickle's own opcodes and need no global.  Any other global
-(``os.system``, ``builtins.eval``, numpy's protocol-5 ``_frombuffer`` ...) is refused with a
-:class:`DataError` before anything is called.
+Safety: a pickle can run arbitrary code, so batches are read with :class:`BatchUnpickler`, whose
+``find_class`` resolves a handful of names to our own narrow functions, never to the callables they
+name (see :data:`ALLOWED_GLOBALS`):
+
+* ``numpy.(_)core.multiarray._reconstruct`` -> an empty ``ndarray`` of shape ``(0,)`` only (the
+  array's data then arrive through ``ndarray.__setstate__``, which checks their length);
+* ``numpy.dtype`` -> numeric dtypes only (bool, ints, unsigned, floats; never object, structured
+  or sub-array types);
+* ``numpy.(_)core.multiarray.scalar`` -> a numeric scalar from exactly ``itemsize`` bytes (the
+  ``numpy.int64`` labels of batches re-pickled by Python 3);
+* ``_codecs.encode`` -> ``str.encode("latin1")`` only: this is how protocol 2 under Python 3 writes
+  ``bytes`` (the raw array data);
+* ``numpy.(_)core.numeric._frombuffer`` (protocol 5, in-band buffers) -> ``numpy.frombuffer`` with a
+  numeric dtype.
+
+Dicts, lists, ints and byte strings come from pickle's own opcodes and need no global.  Any other
+global (``os.system``, ``builtins.eval`` ...; ``numpy.ndarray`` resolves to a token only
+``_reconstruct`` accepts) and any
+persistent id is refused with a :class:`DataError` before anything is called.  An archive is
+decompressed as a stream through :class:`~.limits.BoundedReader`, so it inflates to at most
+``100 x its size + 1 MiB`` (:mod:`.limits`); ``label_names`` may list at most 100,000 classes.
 
 Named sources ``cifar10`` and ``cifar100`` (horizontal flips allowed) look under a data root for
 ``cifar-10-batches-py/``, ``cifar-10-python.tar.gz`` and the same inside ``cifar10/``, ``CIFAR10/``
@@ -26,15 +41,22 @@ or ``cifar-10/`` (likewise for CIFAR-100).  Without the meta file the standard c
 
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
 import io
+import lzma
 import pickle
 import tarfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from backdoorkit.data import limits
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.data.loading import PathFormat, register_path_format
 from backdoorkit.data.sources import DatasetSource, LoadOptions, register_source
@@ -59,28 +81,75 @@ CIFAR100_CLASSES = (
 )  # fmt: skip
 
 
-def _reconstruct() -> Any:
-    core = getattr(np, "_core", None)
-    if core is not None and hasattr(core, "multiarray"):
-        return core.multiarray._reconstruct
-    return np.core.multiarray._reconstruct  # numpy < 2
+class _Refused(Exception):
+    """A restricted constructor got arguments no CIFAR batch contains (turned into a DataError)."""
 
 
-def _frombuffer() -> Any:
-    core = getattr(np, "_core", None)
-    if core is not None and hasattr(core, "numeric"):
-        return core.numeric._frombuffer
-    return np.core.numeric._frombuffer  # numpy < 2
+def _numeric(spec: Any) -> np.dtype:
+    if isinstance(spec, bytes):
+        spec = spec.decode("latin1")
+    dtype = spec if isinstance(spec, np.dtype) else None
+    if dtype is None:
+        if not isinstance(spec, str) or len(spec) > 8:
+            raise _Refused(f"dtype {spec!r}")
+        dtype = np.dtype(spec)
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise _Refused(f"dtype {dtype}")
+    return dtype
+
+
+def _dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
+    """``numpy.dtype`` for numeric types only; a fresh instance, as ``__setstate__`` will mutate it."""
+    return np.dtype(_numeric(spec), align=bool(align), copy=True)
+
+
+class _NdarrayToken:
+    """Stands for ``numpy.ndarray`` as an argument of ``_reconstruct``; calling it is refused, so a
+    pickle cannot call ``ndarray(shape)`` with a shape of its choosing."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _Refused("numpy.ndarray called directly")
+
+
+_NDARRAY = _NdarrayToken()
+
+
+def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
+    """``numpy``'s ``_reconstruct`` restricted to what ``ndarray.__reduce__`` writes: an empty array."""
+    if subtype is not _NDARRAY or tuple(shape) != (0,) or typecode not in (b"b", "b"):
+        raise _Refused(f"_reconstruct({getattr(subtype, '__name__', subtype)!r}, {shape!r}, {typecode!r})")
+    return np.ndarray((0,), dtype=np.int8)
+
+
+def _scalar(dtype: Any, data: Any = None) -> Any:
+    """A numeric numpy scalar from exactly ``itemsize`` bytes (``numpy.int64`` labels)."""
+    dt = _numeric(dtype)
+    if isinstance(data, str):
+        data = data.encode("latin1")
+    if not isinstance(data, bytes) or len(data) != dt.itemsize:
+        raise _Refused(f"scalar of {dt} from {type(data).__name__}")
+    return np.frombuffer(data, dtype=dt)[0]
+
+
+def _latin1(text: Any, encoding: Any = "utf-8", *_: Any) -> bytes:
+    """``_codecs.encode`` as protocol 2 writes ``bytes`` under Python 3: latin-1 text only."""
+    if not isinstance(text, str) or str(encoding).lower().replace("-", "") != "latin1":
+        raise _Refused(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """Protocol 5's in-band array rebuild, numeric dtypes only."""
+    return np.frombuffer(buf, dtype=_numeric(dtype)).reshape(shape, order=order)
 
 
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct(),
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct(),
-    # pickle protocol 5 (Python 3.14's default) rebuilds arrays from an in-band buffer
-    ("numpy.core.numeric", "_frombuffer"): _frombuffer(),
-    ("numpy._core.numeric", "_frombuffer"): _frombuffer(),
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): _reconstruct for core in ("core", "_core")},
+    **{(f"numpy.{core}.multiarray", "scalar"): _scalar for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): _frombuffer for core in ("core", "_core")},
+    ("numpy", "dtype"): _dtype,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("_codecs", "encode"): _latin1,
 }
 
 
@@ -110,6 +179,8 @@ def load_batch(file: io.BufferedIOBase, where: str) -> dict[str, Any]:
         obj = BatchUnpickler(file, where).load()
     except DataError:
         raise
+    except _Refused as exc:
+        raise DataError(f"{where}: refused to unpickle: {exc} is not part of a CIFAR batch") from None
     except Exception as exc:  # any failure of an untrusted pickle is a malformed file
         detail = f"{type(exc).__name__}: {exc}"
         raise DataError(f"{where}: truncated or malformed pickle batch ({detail})") from None
@@ -152,6 +223,30 @@ def _variant_of_names(names: set[str]) -> str | None:
     return None
 
 
+_COMPRESSED: tuple[tuple[bytes, Any], ...] = (
+    (b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")),
+    (b"BZh", bz2.BZ2File),
+    (b"\xfd7zXZ\x00", lzma.LZMAFile),
+)
+
+
+@contextlib.contextmanager
+def _open_tar(path: Path) -> Iterator[tarfile.TarFile]:
+    """A tar archive read as a stream, inflating to at most the budget of :mod:`.limits`."""
+    size = path.stat().st_size
+    with path.open("rb") as f, contextlib.ExitStack() as stack:
+        magic = f.read(6)
+        f.seek(0)
+        raw: Any = f
+        for prefix, opener in _COMPRESSED:
+            if magic.startswith(prefix):
+                raw = stack.enter_context(opener(f))
+                break
+        bounded = limits.BoundedReader(raw, limits.inflation_budget(size), str(path), size)
+        with tarfile.open(fileobj=io.BufferedReader(bounded), mode="r|") as tar:
+            yield tar
+
+
 def _read_members(path: Path, wanted: set[str]) -> dict[str, dict[str, Any]]:
     """Unpickle the members of a batch folder or archive whose base names are in ``wanted``."""
     out: dict[str, dict[str, Any]] = {}
@@ -163,7 +258,7 @@ def _read_members(path: Path, wanted: set[str]) -> dict[str, dict[str, Any]]:
                     out[name] = load_batch(fh, str(f))
         return out
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with _open_tar(path) as tar:
             for member in tar:
                 base = member.name.rsplit("/", 1)[-1]
                 if base in wanted and member.isfile() and base not in out:
@@ -173,7 +268,7 @@ def _read_members(path: Path, wanted: set[str]) -> dict[str, dict[str, Any]]:
                     out[base] = load_batch(io.BytesIO(fh.read()), f"{path}:{member.name}")
     except DataError:
         raise
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise DataError(f"{path}: not a readable CIFAR archive ({exc})") from None
     return out
 
@@ -205,6 +300,7 @@ def _class_names(meta: dict[str, Any] | None, spec: dict[str, Any], where: str) 
     names = meta.get(spec["names_key"])
     if not isinstance(names, list | tuple) or not names:
         raise DataError(f"{where}: meta file has no {spec['names_key']} list")
+    limits.check_class_count(len(names), where)
     return tuple(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names)
 
 

@@ -17,7 +17,9 @@ Rules (all decided over the whole folder, both splits, so train and test always 
   else 32x32.  Resizing is bilinear with antialiasing, batched per distinct size;
 * a folder without ``train/`` and ``test/`` is a training set only: asking it for ``"test"`` is a
   :class:`DataError` (split a holdout from it instead, e.g. with ``split_holdout``);
-* horizontal flips are allowed (``hflip=True``; natural images are the common case).
+* horizontal flips are allowed (``hflip=True``; natural images are the common case);
+* every image header is checked before anything is decoded (:mod:`.limits`): at most 4096 x 4096
+  pixels and at most 100 x its file size + 1 MiB decoded.
 
 Registered as the path format ``folder`` (tried last), so ``load_dataset("/path/to/folder", "train")``
 works.  Counting (``backdoorkit datasets``) only lists files.
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backdoorkit.data import limits
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.data.loading import PathFormat, register_path_format
 from backdoorkit.data.sources import SPLITS, LoadOptions
@@ -70,7 +73,11 @@ def _header(path: Path) -> tuple[str, tuple[int, int]]:
     """``(mode, (width, height))`` without decoding the pixels."""
     try:
         with Image.open(path) as im:
+            bands = len(im.getbands())
+            limits.check_image_header(*im.size, max(bands, 3), path.stat().st_size, str(path))
             return im.mode, im.size
+    except DataError:
+        raise
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from None
 
@@ -90,6 +97,7 @@ def scan(root: Path) -> tuple[dict[str, dict[str, list[Path]]], tuple[str, ...]]
         raise DataError(f"{root}: not a folder")
     splits = {s: class_files(d) for s, d in split_dirs(root).items()}
     classes = tuple(sorted({c for per in splits.values() for c in per}))
+    limits.check_class_count(len(classes), str(root))
     if not classes:
         raise DataError(
             f"{root}: no images found (expected one sub-folder per class holding "

@@ -16,6 +16,12 @@ to the image, then resized to ``image_size`` (default 32) bilinearly with antial
 one Pillow call per file at load time; the resizing runs batched, one batch per distinct crop size.
 Horizontal flips are not allowed (they change the meaning of several signs).
 
+Hostile files (:mod:`.limits`): a CSV line longer than 4,096 characters or a field longer than
+1,024 is refused before it is parsed; a ``ClassId`` outside ``[0, 43)`` is refused at its line; a
+``Filename`` that is absolute or resolves (following ``..`` and symbolic links) outside the GTSRB
+folder is refused and never opened; an image whose header claims more than 4096 x 4096 pixels or
+100 x its file size is refused before it is decoded.
+
 The named source ``gtsrb`` looks under a data root for ``GTSRB/``, ``gtsrb/GTSRB/`` or ``gtsrb/``
 holding ``Final_Training/Images``.
 """
@@ -30,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backdoorkit.data import limits
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.data.loading import PathFormat, register_path_format
 from backdoorkit.data.sources import DatasetSource, LoadOptions, register_source
@@ -64,13 +71,38 @@ class Annotation:
     label: int
 
 
-def read_annotations(csv_path: Path) -> list[Annotation]:
-    """Parse a GTSRB ground-truth CSV; file names are relative to the CSV's folder."""
+def _contained(root: Path, base: Path, name: str, where: str) -> Path:
+    """``base / name`` if it stays inside ``root`` once resolved (no absolute names, no escape)."""
+    if not name or Path(name).is_absolute() or "\\" in name or ":" in name:
+        raise DataError(f"{where}: file name {name[:80]!r} is not a plain relative path")
+    target = (base / name).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise DataError(f"{where}: file name {name[:80]!r} leaves the dataset folder {root}")
+    return target
+
+
+def read_annotations(csv_path: Path, root: Path | None = None, base: Path | None = None) -> list[Annotation]:
+    """Parse a GTSRB ground-truth CSV.
+
+    File names are relative to ``base`` (default: the CSV's folder) and must stay inside ``root``
+    (default: ``base``); labels must be GTSRB class ids.  Lines and fields are length-checked first.
+    """
+    base = csv_path.parent if base is None else base
+    root = base if root is None else root
     try:
         text = csv_path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{csv_path}: cannot read ({exc})") from None
-    rows = [r for r in csv.reader(text.splitlines(), delimiter=";") if any(c.strip() for c in r)]
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if len(line) > limits.MAX_CSV_LINE:
+            raise DataError(
+                f"{csv_path}: line {number} has {len(line):,} characters (limit {limits.MAX_CSV_LINE:,})"
+            )
+    try:
+        rows = [r for r in csv.reader(lines, delimiter=";") if any(c.strip() for c in r)]
+    except csv.Error as exc:
+        raise DataError(f"{csv_path}: malformed CSV ({exc})") from None
     if not rows:
         raise DataError(f"{csv_path}: empty CSV file")
     header = [h.strip() for h in rows[0]]
@@ -80,20 +112,29 @@ def read_annotations(csv_path: Path) -> list[Annotation]:
     col = [header.index(c) for c in COLUMNS]
     out = []
     for line, row in enumerate(rows[1:], start=2):
+        where = f"{csv_path}: line {line}"
         if len(row) < len(header):
-            raise DataError(f"{csv_path}: line {line} has {len(row)} fields, the header {len(header)}")
+            raise DataError(f"{where} has {len(row)} fields, the header {len(header)}")
+        long = next((c for c in row if len(c) > limits.MAX_CSV_FIELD), None)
+        if long is not None:
+            raise DataError(f"{where}: a field of {len(long):,} characters (limit {limits.MAX_CSV_FIELD:,})")
         try:
             x1, y1, x2, y2, label = (int(row[i]) for i in col[1:])
         except ValueError:
-            raise DataError(f"{csv_path}: line {line}: ROI and ClassId must be integers") from None
-        out.append(Annotation(csv_path.parent / row[col[0]].strip(), (x1, y1, x2, y2), label))
+            raise DataError(f"{where}: ROI and ClassId must be integers") from None
+        if not 0 <= label < len(GTSRB_CLASSES):
+            raise DataError(f"{where}: ClassId {label} out of range [0, {len(GTSRB_CLASSES)})")
+        out.append(Annotation(_contained(root, base, row[col[0]].strip(), where), (x1, y1, x2, y2), label))
     return out
 
 
 def _crop(ann: Annotation) -> np.ndarray:
     try:
         with Image.open(ann.file) as im:
+            limits.check_image_header(*im.size, 3, ann.file.stat().st_size, str(ann.file))
             rgb = im.convert("RGB")
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{ann.file}: listed in the CSV but missing") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -124,7 +165,7 @@ def split_annotations(root: Path, split: str) -> list[Annotation]:
             csv_path = class_dir / f"GT-{class_dir.name}.csv"
             if not csv_path.is_file():
                 raise DataError(f"{class_dir}: no {csv_path.name}")
-            anns += read_annotations(csv_path)
+            anns += read_annotations(csv_path, root=root)
         return anns
     gt = _test_gt(root)
     if gt is None:
@@ -132,10 +173,8 @@ def split_annotations(root: Path, split: str) -> list[Annotation]:
             f"{root}: no {TEST_GT} with test labels (from GTSRB_Final_Test_GT.zip); "
             f"put it in {root / 'Final_Test' / 'Images'}"
         )
-    anns = read_annotations(gt)
-    images = root / "Final_Test" / "Images"
     # the GT zip unpacks next to the images or elsewhere: file names are relative to Images/
-    return [Annotation(images / a.file.name, a.box, a.label) for a in anns]
+    return read_annotations(gt, root=root, base=root / "Final_Test" / "Images")
 
 
 def read_gtsrb(path: Path, split: str, options: LoadOptions) -> ImageSet:

@@ -10,6 +10,13 @@ A split lives in a folder as ``train-images-idx3-ubyte`` / ``train-labels-idx1-u
 ``t10k-...``), gzipped (``.gz``, detected from the content) or raw, also spelled
 ``train-images.idx3-ubyte``.  Images keep their native 28x28 unless an image size is given.
 
+Resource bounds (:mod:`.limits`): the header is read first and the size it declares is checked
+before the payload is read: against the file itself for a raw file, and for a gzipped file against
+``100 x the file size + 1 MiB``; decompression then stops one byte past the declared size, so a
+stream that inflates further is refused without being inflated (the gzip trailer's ISIZE is not
+trusted: it is modulo 2**32 and a crafted or truncated stream can state anything).
+Labels are one byte, so a generic folder has at most 256 classes.
+
 Named sources, searched under each data root:
 
 * ``mnist`` (digits ``"0"`` ... ``"9"``, no horizontal flips) in ``mnist/``, ``MNIST/raw/``,
@@ -34,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backdoorkit.data import limits
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.data.loading import PathFormat, register_path_format
 from backdoorkit.data.sources import DatasetSource, LoadOptions, register_source
@@ -50,16 +58,17 @@ PREFIX = {"train": "train", "test": "t10k"}
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _open(path: Path, limit: int | None = None) -> bytes:
-    """The (decompressed) bytes of a raw or gzipped file; only the first ``limit`` if given."""
+def _is_gzip(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(2) == _GZIP_MAGIC
+
+
+def _open(path: Path, limit: int) -> bytes:
+    """The first ``limit`` (decompressed) bytes of a raw or gzipped file."""
     try:
-        with path.open("rb") as f:
-            gz = f.read(2) == _GZIP_MAGIC
-        if gz:
-            with gzip.open(path, "rb") as g:
-                return g.read(limit) if limit is not None else g.read()
-        with path.open("rb") as f:
-            return f.read(limit) if limit is not None else f.read()
+        opener = gzip.open if _is_gzip(path) else open
+        with opener(path, "rb") as f:  # type: ignore[operator]
+            return f.read(limit)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
 
@@ -81,16 +90,36 @@ def parse_header(raw: bytes, where: str, magic: int) -> tuple[tuple[int, ...], i
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
-    """The uint8 array of an IDX file (``[N, H, W]`` for images, ``[N]`` for labels)."""
-    raw = _open(path)
-    sizes, start = parse_header(raw, str(path), magic)
+    """The uint8 array of an IDX file (``[N, H, W]`` for images, ``[N]`` for labels).
+
+    The declared sizes are checked against the file (and the inflation budget) before the payload
+    is read; at most one byte past the declared payload is ever decompressed.
+    """
+    ndim = magic & 0xFF
+    head = _open(path, 4 + 4 * ndim)
+    sizes, start = parse_header(head, str(path), magic)
     expected = math.prod(sizes)
+    try:
+        size = path.stat().st_size
+        gz = _is_gzip(path)
+        if gz:
+            limits.check_inflation(start + expected, size, str(path), f"IDX sizes {sizes}")
+        elif start + expected > size:
+            raise DataError(
+                f"{path}: truncated IDX file: {size - start} of {expected} data bytes for sizes {sizes}"
+            )
+        opener = gzip.open if gz else open
+        with opener(path, "rb") as f:  # type: ignore[operator]
+            raw = f.read(start + expected + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
     got = len(raw) - start
     if got < expected:
         raise DataError(f"{path}: truncated IDX file: {got} of {expected} data bytes for sizes {sizes}")
     if got > expected:
-        raise DataError(f"{path}: {got - expected} bytes after the data for sizes {sizes}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(sizes)
+        more = "bytes" if gz else f"{size - start - expected} bytes"
+        raise DataError(f"{path}: {more} after the data for sizes {sizes}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=start, count=expected).reshape(sizes)
 
 
 def idx_files(folder: Path, split: str) -> tuple[Path, Path] | None:
@@ -139,8 +168,7 @@ def read_idx_split(
     if x.shape[0] != y.shape[0]:
         raise DataError(f"{folder}: {y.shape[0]} labels ({labels_path.name}) for {x.shape[0]} images")
     if classes is None:
-        top = int(y.max()) if y.size else 0
-        classes = tuple(str(i) for i in range(max(10, top + 1)))
+        classes = limits.classes_from_labels([y], str(folder), at_least=10)
     xt = torch.from_numpy(x.copy()).unsqueeze(1)
     if options.image_size:
         xt = resize_uint8(xt, options.image_size)

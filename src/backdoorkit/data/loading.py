@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from backdoorkit.data import limits
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.data.npz import count_npz, is_npz, read_npz
 from backdoorkit.data.sources import DATASETS, SPLITS, DatasetSource, LoadOptions
@@ -76,10 +77,17 @@ def register_path_format(fmt: PathFormat) -> PathFormat:
 
 
 def data_roots(root: str | Path | None = None) -> list[Path]:
-    """The directories searched for named datasets, most specific first (existing ones only)."""
+    """The directories searched for named datasets, most specific first (existing ones only).
+
+    An explicit ``root`` that is not an existing folder is a :class:`DataError`.
+    """
     candidates: list[Path] = []
     if root is not None:
-        candidates.append(Path(root).expanduser())
+        given = Path(root).expanduser()
+        if not given.is_dir():
+            why = "is not a folder" if given.exists() else "does not exist"
+            raise DataError(f"data root {given} {why}")
+        candidates.append(given)
     env = os.environ.get("BACKDOORKIT_DATA")
     if env:
         candidates.extend(Path(p).expanduser() for p in env.split(os.pathsep) if p)
@@ -133,13 +141,19 @@ def _check_split(split: str) -> None:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
 
 
+def checked(data: ImageSet, where: Path | str, split: str) -> ImageSet:
+    """A freshly read split after :func:`.limits.check_loaded` (non-empty, big enough, distinct classes)."""
+    limits.check_loaded(tuple(data.x.shape), data.classes, str(where), split)
+    return data
+
+
 def read_located(source: DatasetSource, path: Path, split: str, options: LoadOptions) -> ImageSet:
     """Read one split of ``source`` from the path :func:`locate` returned."""
     if is_npz(path):
-        return read_npz(path, split, options, name=source.name, hflip=source.hflip)
+        return checked(read_npz(path, split, options, name=source.name, hflip=source.hflip), path, split)
     if source.read is None:
         raise DataError(f"dataset {source.name!r} cannot be read from {path}")
-    return source.read(path, split, options)
+    return checked(source.read(path, split, options), path, split)
 
 
 def load_dataset(
@@ -160,10 +174,10 @@ def load_dataset(
     options = LoadOptions(image_size=image_size)
     text = str(name)
     source = resolve_name(text) if not isinstance(name, Path) else None
+    roots = data_roots(root)  # checks an explicit root even where the source is built in
     if source is not None:
         if source.builtin is not None:
             return source.builtin(split, options)
-        roots = data_roots(root)
         path = locate(source, roots)
         if path is None:
             searched = ", ".join(str(r) for r in roots) or "none"
@@ -220,7 +234,7 @@ def load_path(path: Path, split: str, options: LoadOptions) -> ImageSet:
     if fmt is None:
         kinds = ", ".join(f.name for f in PATH_FORMATS)
         raise DataError(f"{path}: not a dataset in any supported format ({kinds})")
-    return fmt.read(path, split, options)
+    return checked(fmt.read(path, split, options), path, split)
 
 
 def count_splits(source: DatasetSource, path: Path | None, root: str | Path | None = None) -> dict[str, int]:
