@@ -3,10 +3,24 @@
 ``fit(model, data, config)`` trains on a whole :class:`ImageSet` held on the device: batches are index
 slices, augmentation (random crop + flip through kornia) runs on whole batches, channels_last and bf16
 autocast are on for CUDA (opt-in on CPU, see :mod:`backdoorkit.device`), and a CPU run is seeded and
-deterministic.  ``loss_fn`` lets a defense
-replace the objective (reconstruction terms, attention distillation, loss flooding ...) without
-another training loop; ``trainable`` restricts which parameters move (and freezes the batch-norm
-statistics of every module that has nothing trainable, so frozen layers stay bit-identical).
+deterministic.
+
+Extension points, so that a defense or attack never needs a training loop of its own:
+
+* ``loss_fn(model, batch)`` replaces the objective (reconstruction terms, attention distillation,
+  loss flooding, per-sample weights by ``batch.idx`` for isolation defenses such as ABL) and gets a
+  :class:`Batch`: the augmented pixels, the labels, the row indices into the training set and the
+  step / epoch counters;
+* ``trainable`` restricts which parameters move (and freezes the batch-norm statistics of every
+  module that has nothing trainable, so frozen layers stay bit-identical);
+* ``optimizer`` is a factory ``params -> torch.optim.Optimizer`` (parameter groups, a DP optimiser)
+  and ``lr_schedule(step, total) -> factor`` of every group's base rate (cyclic rates ...);
+* ``callbacks`` (:class:`Callback`) see every step and every epoch and can stop the run;
+* ``state`` (:class:`TrainState`, returned as ``FitResult.state``) continues a previous run's
+  optimizer and step counter, so a multi-phase defense runs its phases on one optimizer.
+
+The loss is checked for finite values on the device and read back once per epoch (and every
+``check_every`` steps when set), not once per step: a host sync each step costs throughput on CUDA.
 """
 
 from __future__ import annotations
@@ -15,19 +29,18 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from functools import partial
+from typing import Literal, TypeAlias
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from backdoorkit.data.batching import index_batches, standard_augmentation
 from backdoorkit.data.imageset import ImageSet, to_pixels
 from backdoorkit.device import autocast, eval_mode, resolve_device
-from backdoorkit.errors import ConfigError
-
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
+from backdoorkit.errors import ConfigError, config_error
 
 _FIT_CALLS = 0
 
@@ -42,6 +55,8 @@ class TrainConfig(BaseModel):
 
     Defaults: SGD (momentum 0.9, Nesterov), lr 0.1, weight decay 5e-4, one-cycle schedule,
     batch 128, 20 epochs, standard augmentation: a fast, robust recipe for CIFAR-sized data.
+    ``check_every`` (default ``None``: at each epoch end only) also checks the loss for NaN / inf every
+    that many steps (each check is a host sync).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -67,6 +82,7 @@ class TrainConfig(BaseModel):
     amp: bool | None = Field(None, description="bf16 autocast; None: on for CUDA, off for CPU")
     compile: bool = False
     progress: bool = False
+    check_every: int | None = Field(None, ge=1, description="steps between finite-loss checks")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -76,18 +92,78 @@ class TrainConfig(BaseModel):
 
 
 @dataclass
+class Batch:
+    """One training batch as a loss function sees it.
+
+    ``x``: float pixels in ``[0, 1]`` after augmentation, on the training device (channels_last on
+    CUDA); ``y``: int64 labels; ``idx``: int64 row indices of these samples in the training
+    :class:`ImageSet` (on the device), so a loss can weight, split or record rows; ``step``: the global
+    optimiser step (continued across calls by ``fit(..., state=...)``); ``epoch``: the global epoch.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+    step: int
+    epoch: int
+
+
+LossOutput: TypeAlias = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+LossFn: TypeAlias = Callable[[nn.Module, Batch], LossOutput]
+"""``loss_fn(model, batch) -> loss`` or ``(loss, logits)`` (the logits give the epoch accuracy)."""
+OptimizerFactory: TypeAlias = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+"""Builds the optimiser from the trainable parameters (it may split them into groups)."""
+LrSchedule: TypeAlias = Callable[[int, int], float]
+"""``schedule(step, total) -> factor``: each group's lr is its base lr times the factor."""
+
+
+@dataclass(eq=False)
 class FitResult:
-    """What a training run did: per-epoch loss/accuracy, wall time and throughput."""
+    """What a training run did: per-epoch loss/accuracy, steps and images of this call, wall time and
+    throughput, and the :class:`TrainState` to continue from (``fit(..., state=result.state)``)."""
 
     losses: list[float] = field(default_factory=list)
     accuracies: list[float] = field(default_factory=list)
     steps: int = 0
     images: int = 0
     seconds: float = 0.0
+    state: TrainState | None = field(default=None, repr=False)
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+@dataclass(eq=False)
+class TrainState:
+    """The running state of training, shared by every phase that continues it.
+
+    ``step`` and ``epoch`` count optimiser steps and epochs over all calls that continued this state;
+    ``result`` is the current call's :class:`FitResult`; setting ``stop`` (from a callback) ends the
+    call after the current step.  The optimizer keeps each group's base rate in ``"initial_lr"``.
+    """
+
+    model: nn.Module = field(repr=False)
+    optimizer: torch.optim.Optimizer = field(repr=False)
+    step: int = 0
+    epoch: int = 0
+    result: FitResult = field(default_factory=FitResult, repr=False)
+    stop: bool = False
+
+
+class Callback:
+    """Hooks into :func:`fit`; subclass and override what you need (both are no-ops here).
+
+    ``on_step_end`` runs after each optimiser step with the detached loss (still on the device: read
+    it only when you must, a read is a host sync); ``on_epoch_end`` runs after each (possibly partial)
+    epoch, once ``state.result`` holds its loss and accuracy, and returns ``True`` to stop training.
+    """
+
+    def on_step_end(self, state: TrainState, batch: Batch, loss: torch.Tensor) -> None:
+        return None
+
+    def on_epoch_end(self, state: TrainState) -> bool | None:
+        return None
 
 
 def parameters_of(model: nn.Module, names: str | Sequence[str]) -> list[nn.Parameter]:
@@ -108,7 +184,8 @@ def parameters_of(model: nn.Module, names: str | Sequence[str]) -> list[nn.Param
     return params
 
 
-def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The config's optimiser (SGD with momentum / Nesterov, Adam or AdamW) over ``params``."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params,
@@ -137,10 +214,17 @@ def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
     return max(0.0, (1 - t) / (1 - w)) if w < 1 else 0.0
 
 
+def config_schedule(cfg: TrainConfig) -> LrSchedule:
+    """The config's learning-rate schedule (``schedule``, ``warmup``, ``milestones``, ``step_factor``)."""
+    return partial(_lr_factor, cfg)
+
+
 def default_loss(label_smoothing: float = 0.0) -> LossFn:
-    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(x)
-        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing), logits
+    """Cross-entropy on float logits (with ``label_smoothing``); returns ``(loss, logits)``."""
+
+    def loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(batch.x)
+        return F.cross_entropy(logits.float(), batch.y, label_smoothing=label_smoothing), logits
 
     return loss
 
@@ -158,6 +242,43 @@ def _freeze_others(model: nn.Module, trainable: list[nn.Parameter]) -> list[tupl
     return changed
 
 
+class _FiniteCheck:
+    """Remembers, on the device, the first step whose loss was not finite; reads it back on demand."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.value = torch.zeros((), device=device)
+
+    def record(self, loss: torch.Tensor, step: int) -> None:
+        first = ~torch.isfinite(loss) & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.value = torch.where(first, loss.float(), self.value)
+
+    def check(self, epoch: int) -> None:
+        step = int(self.step)
+        if step >= 0:
+            raise FloatingPointError(
+                f"training loss became {float(self.value)} at step {step} (epoch {epoch})"
+            )
+
+
+def _trainable_params(
+    model: nn.Module, trainable: Iterable[nn.Parameter] | None, state: TrainState | None
+) -> list[nn.Parameter]:
+    if state is None:
+        return list(trainable) if trainable is not None else list(model.parameters())
+    if state.model is not model:
+        raise ConfigError("fit(state=...) continues the training of another model")
+    owned = [p for g in state.optimizer.param_groups for p in g["params"]]
+    if trainable is None:
+        return owned
+    params = list(trainable)
+    ids = {id(p) for p in owned}
+    if any(id(p) not in ids for p in params):
+        raise ConfigError("fit(state=...): trainable parameters must be among the continued optimizer's")
+    return params
+
+
 def fit(
     model: nn.Module,
     data: ImageSet,
@@ -166,6 +287,10 @@ def fit(
     trainable: Iterable[nn.Parameter] | None = None,
     loss_fn: LossFn | None = None,
     augmentation: nn.Module | Literal["default"] | None = "default",
+    callbacks: Sequence[Callback] = (),
+    state: TrainState | None = None,
+    optimizer: OptimizerFactory | str | None = None,
+    lr_schedule: LrSchedule | None = None,
     **overrides: object,
 ) -> FitResult:
     """Train ``model`` on ``data`` in place and return what happened.
@@ -173,33 +298,67 @@ def fit(
     Args:
         model: any module mapping ``[B, C, H, W]`` pixels in ``[0, 1]`` to logits.
         data: the training set (moved once to the training device).
-        config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields.
-        trainable: the parameters to optimise (default: all).  Modules without any of them are
-            kept in eval mode, so their batch-norm statistics do not drift.
-        loss_fn: ``loss_fn(model, x, y) -> loss`` or ``(loss, logits)``; default cross-entropy
-            with the config's label smoothing.
+        config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields.  This call runs
+            ``config.steps`` steps, else ``config.epochs`` epochs.
+        trainable: the parameters to optimise (default: all, or the continued optimizer's).  Modules
+            without any of them are kept in eval mode, so their batch-norm statistics do not drift.
+        loss_fn: ``loss_fn(model, batch) -> loss`` or ``(loss, logits)`` for a :class:`Batch`; default
+            cross-entropy with the config's label smoothing.
         augmentation: a batched augmentation module, ``None`` for none, or ``"default"`` for the
             standard crop (+ flip where ``data.hflip``) when ``config.augment`` is true.
+        callbacks: :class:`Callback` objects called after every step and every epoch.
+        state: a previous call's ``result.state``: continue with its optimizer (momentum / Adam
+            moments and base rates) and its step and epoch counters instead of building new ones.
+        optimizer: ``factory(params) -> Optimizer`` (default: the config's SGD / Adam / AdamW); not
+            with ``state``.  The rate each group has when built is its base rate.  A string is the
+            config field ``optimizer`` (``"sgd"``, ``"adam"``, ``"adamw"``) given as an override.
+        lr_schedule: ``schedule(step, total) -> factor`` of each group's base rate, with ``step``
+            counted from 0 within this call and ``total`` this call's steps (default: the config's
+            schedule).
+
+    Raises:
+        ConfigError: invalid overrides, an empty training set, no parameters to train, a ``state`` of
+            another model.
+        FloatingPointError: the loss became NaN or infinite (one line with the first such step; the
+            check runs at each epoch end and every ``check_every`` steps, so the weights may already
+            have taken a few non-finite updates).
     """
     global _FIT_CALLS
     _FIT_CALLS += 1
     cfg = config or TrainConfig()
+    if isinstance(optimizer, str):  # the TrainConfig field, passed as an override
+        overrides["optimizer"], optimizer = optimizer, None
     if overrides:
         try:
             cfg = TrainConfig(**{**cfg.model_dump(), **overrides})
-        except Exception as exc:  # pydantic ValidationError -> one line
-            raise ConfigError(f"training config: {_first_error(exc)}") from None
+        except ValidationError as exc:
+            raise config_error("training config", exc) from None
     if len(data) == 0:
         raise ConfigError(f"cannot train on an empty set ({data.name})")
+    if state is not None and optimizer is not None:
+        raise ConfigError("fit: pass either state= (continue its optimizer) or optimizer=, not both")
     device = resolve_device(cfg.device)
     model.to(device)
+    data = data.to(device)
+    params = _trainable_params(model, trainable, state)
+    if not params:
+        raise ConfigError("no parameters to train")
+    if state is None:
+        state = TrainState(model=model, optimizer=(optimizer or partial(make_optimizer, cfg=cfg))(params))
+    opt = state.optimizer
+    for g in opt.param_groups:
+        g.setdefault("initial_lr", g["lr"])
+    bs = min(cfg.batch_size, len(data))
+    per_epoch = len(data) // bs if cfg.drop_last else math.ceil(len(data) / bs)
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * per_epoch
+    result = FitResult(state=state)
+    state.result, state.stop = result, False
+    if total == 0:
+        return result
+
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    data = data.to(device)
-    params = list(trainable) if trainable is not None else [p for p in model.parameters()]
-    if not params:
-        raise ConfigError("no parameters to train")
     saved_grad = {id(p): p.requires_grad for p in model.parameters()}
     train_ids = {id(p) for p in params}
     for p in model.parameters():
@@ -208,17 +367,10 @@ def fit(
     if augment == "default":
         augment = standard_augmentation(data) if cfg.augment else None
     loss_fn = loss_fn or default_loss(cfg.label_smoothing)
+    schedule = lr_schedule or config_schedule(cfg)
     step_model: nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]
-
-    bs = min(cfg.batch_size, len(data))
-    per_epoch = len(data) // bs if cfg.drop_last else math.ceil(len(data) / bs)
-    total = cfg.steps if cfg.steps is not None else cfg.epochs * per_epoch
-    result = FitResult()
-    if total == 0:
-        return result
-    opt = _make_optimizer(params, cfg)
-    base_lrs = [g["lr"] for g in opt.param_groups]
     gen = torch.Generator().manual_seed(cfg.seed)
+    finite = _FiniteCheck(device)
 
     progress = _progress(cfg.progress, total, data.name)
     start = time.perf_counter()
@@ -228,43 +380,54 @@ def fit(
         frozen = _freeze_others(model, params) if trainable is not None else []
         step = 0
         try:
-            while step < total:
+            while step < total and not state.stop:
                 loss_sum = torch.zeros((), device=device)
                 correct = torch.zeros((), device=device, dtype=torch.long)
                 seen = 0
                 for idx in index_batches(
                     len(data), bs, shuffle=True, generator=gen, drop_last=cfg.drop_last, device=device
                 ):
-                    if step >= total:
+                    if step >= total or state.stop:
                         break
-                    for g, lr0 in zip(opt.param_groups, base_lrs, strict=True):
-                        g["lr"] = lr0 * _lr_factor(cfg, step, total)
+                    factor = schedule(step, total)
+                    for g in opt.param_groups:
+                        g["lr"] = g["initial_lr"] * factor
                     x = to_pixels(data.x[idx])
                     if augment is not None:
                         x = augment(x)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    y = data.y[idx]
+                    batch = Batch(x=x, y=data.y[idx], idx=idx, step=state.step, epoch=state.epoch)
                     with autocast(device, cfg.amp, training=True):
-                        out = loss_fn(step_model, x, y)
+                        out = loss_fn(step_model, batch)
                     loss, logits = out if isinstance(out, tuple) else (out, None)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    loss_sum += loss.detach() * len(idx)
+                    loss = loss.detach()
+                    finite.record(loss, state.step)
+                    loss_sum += loss * len(idx)
                     if logits is not None:
-                        correct += (logits.detach().argmax(1) == y).sum()
+                        correct += (logits.detach().argmax(1) == batch.y).sum()
                     seen += len(idx)
                     step += 1
+                    state.step += 1
                     if progress is not None:
                         progress.advance()
+                    for cb in callbacks:
+                        cb.on_step_end(state, batch, loss)
+                    if cfg.check_every is not None and step % cfg.check_every == 0:
+                        finite.check(state.epoch)
+                finite.check(state.epoch)
                 result.losses.append(float(loss_sum) / max(seen, 1))
                 result.accuracies.append(float(correct) / max(seen, 1))
                 result.images += seen
+                result.steps = step
                 if progress is not None:
                     progress.describe(result.losses[-1], result.accuracies[-1])
+                state.epoch += 1
+                stops = [bool(cb.on_epoch_end(state)) for cb in callbacks]
+                state.stop = state.stop or any(stops)
         finally:
             for m, mode in frozen:
                 m.training = mode
@@ -309,15 +472,6 @@ class _Progress:
 
 def _progress(enabled: bool, total: int, name: str) -> _Progress | None:
     return _Progress(total, name) if enabled else None
-
-
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        err = errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        return f"{loc}: {err.get('msg')}" if loc else str(err.get("msg"))
-    return str(exc)
 
 
 @torch.no_grad()
@@ -366,5 +520,5 @@ def train_config(**kw: object) -> TrainConfig:
     """Build a :class:`TrainConfig`, turning validation errors into one-line :class:`ConfigError`."""
     try:
         return TrainConfig(**kw)
-    except Exception as exc:
-        raise ConfigError(f"training config: {_first_error(exc)}") from None
+    except ValidationError as exc:
+        raise config_error("training config", exc) from None

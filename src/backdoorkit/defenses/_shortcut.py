@@ -1,5 +1,5 @@
-"""What SSFT and its baselines share: fine-tuning parameters, critical-layer selection on a surrogate
-backdoor, suppression and restricted fine-tuning.
+"""What SSFT and its baselines share: critical-layer selection on a surrogate backdoor, suppression and
+the scope of the restricted fine-tuning (the fine-tuning itself is :mod:`backdoorkit.defenses.finetune`).
 
 Yang et al., "Backdoor Defense via Suppressing Model Shortcuts" (ICASSP 2023).  The defenses built
 from these parts (one file each): ``ssft`` (select, suppress, fine-tune the critical block / stage),
@@ -14,10 +14,11 @@ Critical-layer selection (:func:`select_critical`) sees only the defender's clea
    (``surrogate_attack``, BadNets by default, ``surrogate_params``), at rate ``surrogate_rate``, with a
    surrogate target class the defender picks (``surrogate_target``; default a seeded random class);
 3. fine-tune a *copy* of the suspicious model on it (all layers, SGD lr ``surrogate_lr``, momentum
-   0.9, constant rate) in rounds of ``surrogate_check`` epochs until the surrogate backdoor works
-   (on the surrogate-eval part its ASR reaches ``surrogate_min_asr`` while its BA is at most
-   ``surrogate_ba_drop`` below the suspicious model's) or ``surrogate_epochs`` have run, keeping the
-   round with the highest ASR + BA - checks the defender makes on its own data, needed because on
+   0.9, constant rate) in one run checked every ``surrogate_check`` epochs (a
+   :class:`~backdoorkit.train.Callback`) until the surrogate backdoor works (on the surrogate-eval
+   part its ASR reaches ``surrogate_min_asr`` while its BA is at most ``surrogate_ba_drop`` below the
+   suspicious model's) or ``surrogate_epochs`` have run, keeping the checked state with the highest
+   ASR + BA - checks the defender makes on its own data, needed because on
    ~100 images a few-shot surrogate backdoor may take only briefly (the copy then memorises the
    poisoned rows), not at all (the scan is then noise), or only by damaging the copy's clean accuracy;
 4. scan its skips (:func:`backdoorkit.analysis.scan_skips`) on the surrogate-eval part with the
@@ -34,7 +35,6 @@ when a result was reused (its ``seconds`` are those of the original run).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from collections import OrderedDict
@@ -47,14 +47,16 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from backdoorkit.analysis.skip_scan import DEFAULT_GAMMAS, critical_scores, scan_skips
+from backdoorkit.cache import model_digest
 from backdoorkit.data.fingerprint import fingerprint
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.data.splits import split_holdout
 from backdoorkit.defenses.base import DefenseParams
+from backdoorkit.defenses.finetune import TuneParams, tune_config
 from backdoorkit.errors import ConfigError
 from backdoorkit.metrics import attack_success_rate, benign_accuracy
-from backdoorkit.models.skips import block_path, get_gammas, set_gamma, skips, stage_path
-from backdoorkit.train import FitResult, TrainConfig, fit, parameters_of
+from backdoorkit.models.skips import block_path, set_gamma, skips, stage_path
+from backdoorkit.train import Callback, TrainState, fit
 
 PAPER = "Yang et al., Backdoor Defense via Suppressing Model Shortcuts, ICASSP 2023"
 SURROGATE_PARAMS: dict[str, Any] = {"variant": "white", "row": 1, "col": 1}
@@ -62,34 +64,6 @@ SURROGATE_PARAMS: dict[str, Any] = {"variant": "white", "row": 1, "col": 1}
 
 
 # ---------------------------------------------------------------------------------------- parameters
-class TuneParams(DefenseParams):
-    """Fine-tuning on the clean samples (the paper's defense setup; official ``SSFT.py``).
-
-    Defaults: 10 epochs, SGD lr 0.01, momentum 0.9 (no Nesterov, as torch's default SGD), weight decay
-    5e-4, batch 128, constant learning rate (the official ×0.1 step at epoch 20 is never reached),
-    last partial batch kept (a torch ``DataLoader`` default), augmentation as the dataset's recipe
-    (crop + flip for CIFAR-like data, none for digits / MNIST).  ``steps`` replaces ``epochs`` by a
-    number of optimiser steps.
-
-    ``min_steps`` (default 400) keeps the paper's amount of optimisation when the clean set is small:
-    10 epochs over the paper's 5,000 CIFAR-10 samples at batch 128 are ~390 steps, whereas 10 epochs
-    over 144 digits are 20.  The run takes ``max(epochs x batches per epoch, min_steps)`` steps; on
-    CIFAR-10 with 5,000 clean samples that is the paper's budget unchanged.  ``None`` disables it.
-    The rule depends only on the size of the defender's own data.
-    """
-
-    epochs: int = Field(10, ge=0)
-    steps: int | None = Field(None, ge=1)
-    min_steps: int | None = Field(400, ge=1)
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(128, ge=1)
-    schedule: Literal["constant", "cosine", "step", "onecycle"] = "constant"
-    augment: bool | None = None
-
-
 class SelectParams(DefenseParams):
     """Critical-layer selection on a surrogate backdoor (see the module docstring).
 
@@ -100,7 +74,7 @@ class SelectParams(DefenseParams):
     triggers; the paper's black-and-white grid barely shows on dark digits and did not implant there),
     rate 0.3 (0.1 and 0.2 did not implant reliably into a trained digits model from ~100 images), a
     seeded random surrogate target, 30 % of the clean samples kept for the surrogate scan, surrogate
-    fine-tuning at lr 0.01 in rounds of 5 epochs until its ASR reaches 0.9 with its BA at most 0.05
+    fine-tuning at lr 0.01, checked every 5 epochs, until its ASR reaches 0.9 with its BA at most 0.05
     below the suspicious model's (at most 50 epochs).
     ``layers`` names the critical skip(s) instead of selecting (e.g. the official ``layer3.1``);
     ``candidates`` restricts the skips considered.
@@ -191,17 +165,6 @@ _MEMO: OrderedDict[str, Selection] = OrderedDict()
 _MEMO_SIZE = 16
 
 
-def _model_digest(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(
-            v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b""
-        )
-    h.update(json.dumps(get_gammas(model, only_changed=False), sort_keys=True).encode())
-    return h.hexdigest()[:20]
-
-
 def surrogate_target(params: SelectParams, num_classes: int, seed: int) -> int:
     """The defender's surrogate target: ``surrogate_target`` or a class drawn with ``seed``."""
     if params.surrogate_target is not None:
@@ -223,6 +186,33 @@ def build_surrogate_attack(params: SelectParams, num_classes: int, seed: int) ->
     if extra is None:
         extra = dict(SURROGATE_PARAMS) if params.surrogate_attack == "badnets" else {}
     return build_attack(params.surrogate_attack, target=target, rate=params.surrogate_rate, **extra)
+
+
+class _SurrogateCheck(Callback):
+    """Every ``surrogate_check`` epochs (and after the last) of the surrogate fine-tuning: measure the
+    surrogate's ASR and BA on the surrogate-eval part, keep the best state (highest ASR + BA), and stop
+    once the surrogate backdoor works (ASR >= ``surrogate_min_asr``, BA at most ``surrogate_ba_drop``
+    below the suspicious model's ``ba0``)."""
+
+    def __init__(self, params: SelectParams, attack: Any, sur_eval: ImageSet, ba0: float) -> None:
+        self.params, self.attack, self.sur_eval, self.ba0 = params, attack, sur_eval, ba0
+        self.history: list[dict[str, Any]] = []
+        self.epochs = 0
+        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+
+    def on_epoch_end(self, state: TrainState) -> bool:
+        p, epochs = self.params, state.epoch
+        if epochs % p.surrogate_check and epochs < p.surrogate_epochs:
+            return False
+        model = state.model
+        asr, ba = (
+            attack_success_rate(model, self.sur_eval, self.attack),
+            benign_accuracy(model, self.sur_eval),
+        )
+        self.history.append({"epochs": epochs, "asr": asr, "ba": ba})
+        if self.best is None or asr + ba > self.best[0]:
+            self.best = (asr + ba, epochs, copy.deepcopy(model.state_dict()))
+        return asr >= p.surrogate_min_asr and ba >= self.ba0 - p.surrogate_ba_drop
 
 
 def select_critical(
@@ -257,7 +247,7 @@ def select_critical(
 
     relevant = {k: v for k, v in params.model_dump(mode="json").items() if k in SelectParams.model_fields}
     key = json.dumps(
-        [_model_digest(model), fingerprint(clean), relevant, seed, candidates, k, str(device)],
+        [model_digest(model), fingerprint(clean), relevant, seed, candidates, k, str(device)],
         sort_keys=True,
         default=str,
     )
@@ -274,26 +264,16 @@ def select_critical(
     attack = build_surrogate_attack(params, clean.num_classes, seed)
     poisoned = attack.poison(sur_train, seed=seed)
     surrogate = copy.deepcopy(model)
-    ba0 = benign_accuracy(surrogate, sur_eval)
-    epochs, history = 0, []
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    while epochs < params.surrogate_epochs:
-        chunk = min(params.surrogate_check, params.surrogate_epochs - epochs)
-        cfg = tune_config(
-            clean,
-            TuneParams(epochs=chunk, lr=params.surrogate_lr, min_steps=None),
-            seed=seed + epochs,
-            device=device,
-        )
-        fit(surrogate, poisoned.data, cfg)
-        epochs += chunk
-        asr, ba = attack_success_rate(surrogate, sur_eval, attack), benign_accuracy(surrogate, sur_eval)
-        history.append({"epochs": epochs, "asr": asr, "ba": ba})
-        if best is None or asr + ba > best[0]:
-            best = (asr + ba, epochs, copy.deepcopy(surrogate.state_dict()))
-        if asr >= params.surrogate_min_asr and ba >= ba0 - params.surrogate_ba_drop:
-            break
-    if best is not None and best[1] != epochs:  # an earlier round had the better surrogate: use it
+    check = _SurrogateCheck(params, attack, sur_eval, benign_accuracy(surrogate, sur_eval))
+    cfg = tune_config(
+        clean,
+        TuneParams(epochs=params.surrogate_epochs, lr=params.surrogate_lr, min_steps=None),
+        seed=seed,
+        device=device,
+    )
+    fit(surrogate, poisoned.data, cfg, callbacks=[check])
+    epochs, best = check.epochs, check.best
+    if best is not None and best[1] != epochs:  # an earlier check had the better surrogate: use it
         surrogate.load_state_dict(best[2])
     scan = scan_skips(surrogate, sur_eval, attack, params.gammas, candidates)
     ranked = critical_scores(scan.to_rows(), params.score)
@@ -310,9 +290,9 @@ def select_critical(
             "poisoned": poisoned.count,
             "epochs": best[1] if best is not None else epochs,
             "epochs_run": epochs,
-            "asr_history": history,
+            "asr_history": check.history,
             "implanted": bool(scan.baseline["asr"] >= params.surrogate_min_asr),
-            "ba_before": ba0,
+            "ba_before": check.ba0,
             "lr": params.surrogate_lr,
             "ba": scan.baseline["ba"],
             "asr": scan.baseline["asr"],
@@ -371,49 +351,7 @@ def select_and_suppress(
     return sel, info
 
 
-# ---------------------------------------------------------------------------------------- fine-tuning
-def tune_steps(n: int, p: TuneParams) -> int | None:
-    """Optimiser steps of a fine-tuning run on ``n`` samples (``None``: plain epochs)."""
-    if p.steps is not None:
-        return p.steps
-    if p.min_steps is None or p.epochs == 0:
-        return None
-    per_epoch = -(-n // min(p.batch_size, max(n, 1)))  # the last partial batch is kept
-    return max(p.epochs * per_epoch, p.min_steps)
-
-
-def tune_config(clean: ImageSet, p: TuneParams, *, seed: int, device: str) -> TrainConfig:
-    """The :class:`TrainConfig` of a fine-tuning run (dataset recipe for augmentation only)."""
-    from backdoorkit.pipeline import recipe_for
-
-    return recipe_for(
-        clean,
-        epochs=p.epochs,
-        steps=tune_steps(len(clean), p),
-        lr=p.lr,
-        momentum=p.momentum,
-        nesterov=p.nesterov,
-        weight_decay=p.weight_decay,
-        batch_size=p.batch_size,
-        schedule=p.schedule,
-        augment=p.augment,
-        drop_last=False,
-        seed=seed,
-        device=device,
-    )
-
-
-def head_name(model: nn.Module) -> str:
-    """The classifier head: ``model.head_name`` or else the last ``nn.Linear``."""
-    name = getattr(model, "head_name", None)
-    if isinstance(name, str):
-        return name
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError(f"cannot find the classifier head of {type(model).__name__}")
-    return linears[-1]
-
-
+# ---------------------------------------------------------------------------------------- fine-tuning scope
 def critical_modules(layers: Sequence[str], tune: str) -> list[str]:
     """Module paths to fine-tune for the critical skips: the blocks or their enclosing stages."""
     out: list[str] = []
@@ -422,20 +360,3 @@ def critical_modules(layers: Sequence[str], tune: str) -> list[str]:
         if path not in out:
             out.append(path)
     return out
-
-
-def finetune(
-    model: nn.Module, clean: ImageSet, p: TuneParams, modules: Sequence[str] | None, *, seed: int, device: str
-) -> tuple[FitResult, dict[str, Any]]:
-    """Fine-tune the parameters of ``modules`` (all when ``None``) on the clean samples."""
-    cfg = tune_config(clean, p, seed=seed, device=device)
-    trainable = None if modules is None else parameters_of(model, list(modules))
-    count = sum(q.numel() for q in (trainable if trainable is not None else model.parameters()))
-    res = fit(model, clean, cfg, trainable=trainable)
-    return res, {
-        "tuned": list(modules) if modules is not None else "all",
-        "tuned_parameters": count,
-        "steps": res.steps,
-        "final_loss": res.losses[-1] if res.losses else None,
-        "seconds": res.seconds,
-    }

@@ -11,8 +11,9 @@ from torch import nn
 
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.defenses import register_defense
-from backdoorkit.defenses._shortcut import PAPER, TuneParams, finetune
+from backdoorkit.defenses._shortcut import PAPER
 from backdoorkit.defenses.base import DefenseResult, ModelRepair
+from backdoorkit.defenses.finetune import TuneParams, finetune
 
 
 class FTAllParams(TuneParams):

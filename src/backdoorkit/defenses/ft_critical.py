@@ -16,13 +16,12 @@ from backdoorkit.defenses import register_defense
 from backdoorkit.defenses._shortcut import (
     PAPER,
     SelectParams,
-    TuneParams,
     TuneScope,
     critical_modules,
-    finetune,
     select_critical,
 )
 from backdoorkit.defenses.base import DefenseResult, ModelRepair
+from backdoorkit.defenses.finetune import TuneParams, finetune
 
 
 class FTCriticalParams(SelectParams, TuneScope, TuneParams):

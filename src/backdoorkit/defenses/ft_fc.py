@@ -12,8 +12,9 @@ from torch import nn
 
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.defenses import register_defense
-from backdoorkit.defenses._shortcut import PAPER, TuneParams, finetune, head_name
+from backdoorkit.defenses._shortcut import PAPER
 from backdoorkit.defenses.base import DefenseResult, ModelRepair
+from backdoorkit.defenses.finetune import TuneParams, finetune, head_name
 
 
 class FTFCParams(TuneParams):

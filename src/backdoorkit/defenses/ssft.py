@@ -45,13 +45,12 @@ from backdoorkit.defenses import register_defense
 from backdoorkit.defenses._shortcut import (
     PAPER,
     SelectSuppressParams,
-    TuneParams,
     TuneScope,
     critical_modules,
-    finetune,
     select_and_suppress,
 )
 from backdoorkit.defenses.base import DefenseResult, ModelRepair
+from backdoorkit.defenses.finetune import TuneParams, finetune
 
 
 class SSFTParams(SelectSuppressParams, TuneScope, TuneParams):
