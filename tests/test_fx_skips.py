@@ -12,7 +12,19 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from backdoorkit.errors import ConfigError
-from backdoorkit.models import attach_skips, build_model, get_gammas, scaled_skips, set_gamma, skips
+from backdoorkit.models import (
+    Composite,
+    attach_skips,
+    block_names,
+    build_model,
+    forward_stages,
+    get_gammas,
+    scaled_skips,
+    set_gamma,
+    skips,
+    split,
+    stage_names,
+)
 
 # ------------------------------------------------------------------------- torchvision-style ResNet
 
@@ -406,3 +418,56 @@ def test_untraceable_model_gives_one_line_config_error() -> None:
     assert "cannot trace DataDependent" in msg and "control flow" in msg
     with pytest.raises(ConfigError, match=r"needs a torch\.nn\.Module"):
         attach_skips("resnet18")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------- stages, blocks and splits
+
+
+def test_traced_resnet_has_block_and_stage_names(resnet: TVResNet) -> None:
+    gm = attach_skips(resnet)
+    assert block_names(gm) == RESNET_SKIPS
+    assert stage_names(gm) == ["layer1", "layer2", "layer3", "layer4"]
+
+
+@pytest.mark.parametrize("at", ["layer1.0", "layer2.1", "layer3.0", "layer4.1"])
+def test_split_traced_resnet_is_bit_identical(resnet: TVResNet, x: torch.Tensor, at: str) -> None:
+    gm = attach_skips(resnet)
+    stem, head = split(gm, at)
+    with torch.no_grad():
+        ref = gm(x)
+        assert torch.equal(head(stem(x)), ref)
+        assert torch.equal(Composite(stem, head)(x), ref)
+        assert torch.equal(stem(x), forward_stages(gm, x, [at])[at])
+    # the pieces share the model's parameters
+    assert stem.get_parameter("conv1.weight") is resnet.conv1.weight
+    assert head.get_parameter("fc.weight") is resnet.fc.weight
+
+
+def test_forward_stages_of_traced_resnet(resnet: TVResNet, x: torch.Tensor) -> None:
+    gm = attach_skips(resnet)
+    with torch.no_grad():
+        outs = forward_stages(gm, x)
+    assert list(outs) == ["layer1", "layer2", "layer3", "layer4"]
+    assert outs["layer3"].shape == (4, 32, 8, 8)
+
+
+def test_split_traced_vit_and_bad_split_points(vit: TimmViT, x: torch.Tensor) -> None:
+    gm = attach_skips(vit)
+    assert block_names(gm) == ["blocks.0", "blocks.1"]
+    stem, head = split(gm, "blocks.0")
+    with torch.no_grad():
+        assert torch.equal(head(stem(x)), gm(x))
+    with pytest.raises(
+        ConfigError, match=r"cannot split .* at 'blocks\.7'; split points: blocks\.0, blocks\.1"
+    ):
+        split(gm, "blocks.7")
+    with pytest.raises(ConfigError, match="attach_skips"):
+        split(vit, "blocks.0")  # not traced: no chain, no graph
+
+
+def test_split_with_torchvision_when_importable(x: torch.Tensor) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    gm = attach_skips(torchvision.models.resnet18(num_classes=3).eval())
+    stem, head = split(gm, "layer3.1")
+    with torch.no_grad():
+        assert torch.equal(head(stem(x)), gm(x))

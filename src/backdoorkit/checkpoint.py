@@ -1,10 +1,14 @@
 """Safe model checkpoints: safetensors weights + a JSON sidecar; never unpickle.
 
 ``save_model(model, "m.safetensors")`` writes the weights and ``m.json`` next to them with the
-architecture and its arguments, the class names, the input normalisation, the skip gammas/betas and
-the config that produced the model.  ``load_model`` rebuilds the model from the sidecar (or loads into
-a model you pass), checks every tensor is finite and restores the skip settings.  Legacy ``.pt`` /
-``.pth`` files are read with ``torch.load(weights_only=True)``; one that needs pickle is refused.
+architecture and its arguments (for wrapped and composite models - a TrojanNet around its host, a
+stem with a new head, a split model - the registered wrapper's name and arguments and, under
+``children``, the same for each child model, recursively), the class names, the input
+normalisation, the skip gammas/betas and the config that produced the model.  ``load_model`` rebuilds
+the model from the sidecar (or loads into a model you pass), checks every tensor is finite and
+restores the skip settings; a sidecar that cannot be rebuilt is a one-line :class:`ModelFileError`.
+Legacy ``.pt`` / ``.pth`` files are read with ``torch.load(weights_only=True)``; one that needs
+pickle is refused.
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from backdoorkit.errors import ModelFileError
+from backdoorkit.errors import BackdoorkitError, ModelFileError, one_line
+from backdoorkit.jsonable import to_jsonable
 from backdoorkit.models.base import ModelSpec, Normalize
-from backdoorkit.models.registry import build_model
+from backdoorkit.models.registry import build_from_spec, build_model, model_spec
 from backdoorkit.models.skips import get_betas, get_gammas, skips
 
 FORMAT = "backdoorkit.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2 added ``children`` (wrapped / composite models); version 1 files read the same."""
 LEGACY_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
@@ -53,16 +59,16 @@ def save_model(
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ModelFileError(f"refusing to save non-finite weights in {bad[0]}")
-    spec: ModelSpec | None = getattr(model, "spec", None)
+    spec = model_spec(model)
     classes = classes if classes is not None else getattr(model, "classes", None)
-    norm = getattr(model, "normalize", None)
-    norm = norm if isinstance(norm, Normalize) else None
+    norm = next((m for m in model.modules() if isinstance(m, Normalize)), None)
     card = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "backdoorkit": backdoorkit.__version__,
         "arch": spec.arch if spec else None,
-        "kwargs": _jsonable(spec.kwargs) if spec else None,
+        "kwargs": to_jsonable(spec.kwargs) if spec else None,
+        "children": to_jsonable(spec.to_dict().get("children", {})) if spec else {},
         "classes": list(classes) if classes is not None else None,
         "normalization": (
             {"mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist()}
@@ -70,8 +76,8 @@ def save_model(
             else None
         ),
         "skips": {"gammas": get_gammas(model), "betas": get_betas(model)},
-        "config": _jsonable(config or {}),
-        "extra": _jsonable(extra or {}),
+        "config": to_jsonable(config or {}),
+        "extra": to_jsonable(extra or {}),
     }
     tmp = path.with_suffix(".safetensors.tmp")
     save_file(state, str(tmp), metadata={"format": FORMAT})
@@ -108,11 +114,15 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = load_file(str(path))
         except Exception as exc:  # SafetensorError, OSError, ... : the file is not what it claims
-            raise ModelFileError(f"{path}: malformed safetensors file ({_one_line(exc)})") from None
+            raise ModelFileError(
+                f"{path}: malformed safetensors file ({one_line(exc, with_type=False)})"
+            ) from None
         except BaseException as exc:  # the Rust reader reports some corruptions as a PanicException
             if type(exc).__name__ != "PanicException":
                 raise
-            raise ModelFileError(f"{path}: malformed safetensors file ({_one_line(exc)})") from None
+            raise ModelFileError(
+                f"{path}: malformed safetensors file ({one_line(exc, with_type=False)})"
+            ) from None
     elif path.suffix in LEGACY_SUFFIXES:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -172,12 +182,18 @@ def load_model(
     if model is None:
         if card is not None and card.get("arch") and arch is not None and arch.lower() != card["arch"]:
             raise ModelFileError(f"{path}: holds a {card['arch']} model, not {arch}")
-        if card is not None and card.get("arch"):
-            kwargs = dict(card.get("kwargs") or {})
-            kwargs.update(arch_kwargs)
-            model = build_model(card["arch"], **kwargs)
-        elif arch is not None:
+        spec = spec_from_card(card, sidecar_path(path)) if card is not None else None
+        if spec is None and arch is not None:
             model = build_model(arch, **arch_kwargs)
+        elif spec is not None:
+            spec = ModelSpec(spec.arch, {**spec.kwargs, **arch_kwargs}, spec.children)
+            try:
+                model = build_from_spec(spec)
+            except (BackdoorkitError, TypeError, ValueError) as exc:
+                raise ModelFileError(
+                    f"{path}: cannot rebuild the model its sidecar describes "
+                    f"({one_line(exc, with_type=False)})"
+                ) from None
         else:
             raise ModelFileError(
                 f"{path}: no sidecar saying which architecture this is; pass --arch (or model=...)"
@@ -189,7 +205,9 @@ def load_model(
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelFileError(f"{path}: weights do not fit the architecture ({_one_line(exc)})") from None
+        raise ModelFileError(
+            f"{path}: weights do not fit the architecture ({one_line(exc, with_type=False)})"
+        ) from None
     if card is not None:
         table = skips(model)
         for kind in ("gammas", "betas"):
@@ -241,23 +259,28 @@ def _first_line(exc: BaseException) -> str:
     for i, line in enumerate(lines):
         if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
             return lines[i + 1][:200]
-    return _one_line(exc)
+    return one_line(exc, with_type=False)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (text[:300] + "...") if len(text) > 300 else (text or exc.__class__.__name__)
+def spec_from_card(card: dict[str, Any], where: str | Path = "sidecar") -> ModelSpec | None:
+    """The :class:`ModelSpec` tree a sidecar describes (``None`` when it names no architecture).
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "model_dump"):
-        return _jsonable(obj.model_dump())
-    return obj
+    Raises:
+        ModelFileError: ``arch`` / ``kwargs`` / ``children`` have the wrong JSON types.
+    """
+    arch = card.get("arch")
+    if arch is None:
+        return None
+    kwargs = card.get("kwargs") or {}
+    children = card.get("children") or {}
+    if not isinstance(arch, str) or not isinstance(kwargs, dict) or not isinstance(children, dict):
+        raise ModelFileError(f"{where}: malformed model description (arch, kwargs or children)")
+    kids: dict[str, ModelSpec] = {}
+    for name, child in children.items():
+        if not isinstance(child, dict):
+            raise ModelFileError(f"{where}: malformed description of child model {name!r}")
+        spec = spec_from_card(child, where)
+        if spec is None:
+            raise ModelFileError(f"{where}: child model {name!r} names no architecture")
+        kids[str(name)] = spec
+    return ModelSpec(arch, dict(kwargs), kids)

@@ -1,5 +1,13 @@
 """What every backdoorkit model shares: input normalisation as the first layer, a named head, named
-feature stages, and the recipe (architecture name + arguments) needed to rebuild it from a checkpoint."""
+feature stages and blocks, the split into stem + head, and the recipe (architecture or wrapper name,
+arguments, children) needed to rebuild it from a checkpoint.
+
+A classifier is written as a *chain*: :meth:`ImageClassifier.chain` lists ``(module path, module)``
+pairs whose composition is the forward pass (normalisation first, the head last).  ``forward``,
+``features``, ``feature_maps``, :meth:`~ImageClassifier.forward_stages` and
+:meth:`~ImageClassifier.split` all run that one chain, so a split model computes exactly what the
+whole one does.
+"""
 
 from __future__ import annotations
 
@@ -28,10 +36,19 @@ class Normalize(nn.Module):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The registered architecture name and the keyword arguments that rebuild a model."""
+    """What rebuilds a model: a registered architecture (or wrapper) name, its keyword arguments and,
+    for wrappers and composite models, the specs of its child models by argument name."""
 
     arch: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    children: dict[str, ModelSpec] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written into checkpoint sidecars (``children`` only when there are any)."""
+        out: dict[str, Any] = {"arch": self.arch, "kwargs": dict(self.kwargs)}
+        if self.children:
+            out["children"] = {k: v.to_dict() for k, v in self.children.items()}
+        return out
 
 
 def default_stats(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -41,13 +58,16 @@ def default_stats(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...
 class ImageClassifier(nn.Module):
     """Base of our classifiers.
 
-    Subclasses build ``self.normalize`` (first layer), ``self.fc`` (the linear head) and implement
-    :meth:`features` (pixels -> penultimate vector).  ``stage_names`` lists the modules whose outputs
-    are the network's main feature stages (used by attention distillation, pruning and T&R splits).
+    Subclasses build ``self.normalize`` (first layer) and ``self.fc`` (the linear head) and implement
+    :meth:`chain`.  ``stage_names`` lists the modules whose outputs are the network's main feature
+    stages (used by attention distillation and pruning); :meth:`block_names` the finer split points
+    (every residual block).  ``pool_name`` is the chain entry that turns feature maps into the
+    penultimate vector.
     """
 
     stage_names: tuple[str, ...] = ()
     head_name: str = "fc"
+    pool_name: str = "pool"
     spec: ModelSpec | None = None
 
     def __init__(
@@ -71,11 +91,52 @@ class ImageClassifier(nn.Module):
         self.in_channels = in_channels
         self.normalize = Normalize(mean, std)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def chain(self) -> list[tuple[str, nn.Module]]:  # pragma: no cover - abstract
+        """``(name, module)`` pairs whose composition is the forward pass, the head last."""
         raise NotImplementedError
 
+    def _run(self, x: torch.Tensor, stop: str | None = None) -> torch.Tensor:
+        """Apply the chain up to (excluding) the entry ``stop``; the whole chain when ``None``."""
+        for name, module in self.chain():
+            if name == stop:
+                return x
+            x = module(x)
+        if stop is not None:
+            raise ValueError(f"{type(self).__name__} has no chain entry {stop!r}")
+        return x
+
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature maps (tokens for a ViT), before pooling."""
+        return self._run(x, self.pool_name)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate vector (the head's input)."""
+        return self._run(x, self.head_name)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
+        return self._run(x)
 
     def head(self) -> nn.Module:
         return self.get_submodule(self.head_name)
+
+    def block_names(self) -> list[str]:
+        """The ordered split points: every residual block (``layer1.0`` ... ``layer4.1``; ``blocks.0``
+        ...), or the stages of a model without skips (VGG)."""
+        from backdoorkit.models import stages
+
+        return stages.block_names(self)
+
+    def forward_stages(self, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Outputs of the named stages / blocks / submodules (default :attr:`stage_names`) on ``x``;
+        the forward pass stops once all of them are computed."""
+        from backdoorkit.models import stages
+
+        return stages.forward_stages(self, x, names)
+
+    def split(self, at: str) -> tuple[nn.Module, nn.Module]:
+        """``(stem, head)``: the stem is everything up to and including block ``at``, the head the rest
+        (pooling and classifier included); ``head(stem(x))`` equals ``self(x)`` and both share this
+        model's parameters.  ``Composite(stem, head)`` re-assembles them into one saveable model."""
+        from backdoorkit.models import stages
+
+        return stages.split(self, at)

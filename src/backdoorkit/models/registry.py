@@ -1,14 +1,17 @@
-"""The model registry and :func:`build_model`."""
+"""The model registry, :func:`build_model`, and the wrapper registry that lets checkpoints rebuild
+wrapped and composite models (:func:`register_wrapper`, :func:`model_spec`, :func:`build_from_spec`)."""
 
 from __future__ import annotations
 
+import difflib
+import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
-from backdoorkit.errors import ConfigError
+from backdoorkit.errors import ConfigError, UnknownNameError, one_line
 from backdoorkit.models import preact_resnet, resnet, vgg, vit, wrn
 from backdoorkit.models.base import ModelSpec
 from backdoorkit.registry import Registry
@@ -70,10 +73,124 @@ def model_args(name: str) -> tuple[str, ...]:
     return tuple(MODELS.entry(name).meta["args"])
 
 
-def signature_defaults(name: str) -> dict[str, Any]:
-    fn = MODELS.get(name)
-    return {
-        k: p.default
-        for k, p in inspect.signature(fn).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
+# ------------------------------------------------------------------------------------ wrappers
+WRAPPERS: Registry[Callable[..., nn.Module]] = Registry("model wrapper")
+"""Wrapper and composite model classes (TrojanNet around a host, a stem with a new head, a split model)
+that checkpoints rebuild from a :class:`ModelSpec` with ``children``."""
+
+_W = TypeVar("_W", bound=Callable[..., nn.Module])
+_CALL = "_wrapper_call"
+
+
+def register_wrapper(name: str, *, summary: str = "", paper: str = "") -> Callable[[_W], _W]:
+    """Register a wrapper / composite model under ``name`` so that checkpoints can rebuild it.
+
+    Decorate an ``nn.Module`` class: each instance records the arguments it was built with.  The
+    arguments that are ``nn.Module``s are its *children* (the class must keep each one as an attribute
+    of the same name, e.g. ``self.host = host``; at save time the attribute's current module and its
+    own spec are written, so a replaced child is saved as it is now), the others are its keyword
+    arguments (JSON values).  :func:`build_from_spec` rebuilds it as ``cls(**children, **kwargs)``.
+    A decorated plain function is called the same way; the modules it returns must carry ``.spec``.
+    """
+
+    def deco(obj: _W) -> _W:
+        if name.lower() in MODELS:
+            raise ValueError(f"wrapper name {name!r} is already a model architecture")
+        WRAPPERS.add(name, obj, summary=summary, paper=paper)
+        if isinstance(obj, type) and issubclass(obj, nn.Module):
+            _record_init_arguments(obj, name.lower())
+        return obj
+
+    return deco
+
+
+def _record_init_arguments(cls: type[nn.Module], name: str) -> None:
+    init = cls.__init__
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if type(self) is not cls:  # an unregistered subclass is not rebuilt as this class
+            return
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        children: list[str] = []
+        values: dict[str, Any] = {}
+        for i, (arg, value) in enumerate(bound.arguments.items()):
+            kind = signature.parameters[arg].kind
+            if i == 0:
+                continue  # self
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                if value:
+                    object.__setattr__(self, _CALL, None)  # cannot be rebuilt by keyword
+                    return
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                values.update(value)
+            elif isinstance(value, nn.Module):
+                children.append(arg)
+            else:
+                values[arg] = value
+        object.__setattr__(self, _CALL, (name, tuple(children), values))
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+
+
+def model_spec(model: nn.Module) -> ModelSpec | None:
+    """The spec that rebuilds ``model`` (children included), or ``None`` when some part of it was not
+    built by :func:`build_model`, a registered wrapper or :func:`~backdoorkit.models.stages.split`.
+
+    Raises:
+        ConfigError: a registered wrapper does not keep a child module under its argument's name.
+    """
+    call = model.__dict__.get(_CALL, False)
+    if call is False:
+        spec = getattr(model, "spec", None)
+        return spec if isinstance(spec, ModelSpec) else None
+    if call is None:
+        return None
+    name, child_names, kwargs = call
+    children: dict[str, ModelSpec] = {}
+    for child_name in child_names:
+        child = getattr(model, child_name, None)
+        if not isinstance(child, nn.Module):
+            raise ConfigError(
+                f"wrapper {name!r} got the module {child_name!r} but does not keep it as self.{child_name}"
+            )
+        child_spec = model_spec(child)
+        if child_spec is None:
+            return None
+        children[child_name] = child_spec
+    return ModelSpec(name, dict(kwargs), children)
+
+
+def build_from_spec(spec: ModelSpec) -> nn.Module:
+    """Build the model a spec describes, children first (the inverse of :func:`model_spec`).
+
+    Raises:
+        UnknownNameError: the name is neither a model architecture nor a registered wrapper.
+        ConfigError: the arguments do not fit the constructor.
+    """
+    key = str(spec.arch).lower()
+    if key in WRAPPERS:
+        children = {k: build_from_spec(v) for k, v in spec.children.items()}
+        clash = sorted(set(children) & set(spec.kwargs))
+        if clash:
+            raise ConfigError(f"wrapper {key!r}: {clash[0]!r} is given both as a child and as an argument")
+        try:
+            return WRAPPERS.get(key)(**children, **spec.kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"wrapper {key!r}: {one_line(exc, with_type=False)}") from None
+    if key in MODELS:
+        if spec.children:
+            raise ConfigError(
+                f"model {key!r} has no child models, yet the spec names {', '.join(spec.children)}"
+            )
+        return build_model(key, **spec.kwargs)
+    known = [*MODELS.names(), *WRAPPERS.names()]
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UnknownNameError(
+        f"unknown model or wrapper {spec.arch!r}{hint}; models: {', '.join(MODELS.names())}; "
+        f"wrappers: {', '.join(WRAPPERS.names()) or 'none'}"
+    )

@@ -88,6 +88,7 @@ class ResNet(ImageClassifier):
             raise ValueError(f"width must be >= 1, got {width}")
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
         cin = width
         for i, depth in enumerate(depths):
             planes = width * 2**i
@@ -96,17 +97,14 @@ class ResNet(ImageClassifier):
                 blocks.append(block(cin, planes, stride=(1 if i == 0 or j > 0 else 2)))
                 cin = planes * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(cin, num_classes)
         self.feature_dim = cin
 
-    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(self.normalize(x))))
-        for name in self.stage_names:
-            out = getattr(self, name)(out)
-        return out
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(F.adaptive_avg_pool2d(self.feature_maps(x), 1), 1)
+    def chain(self) -> list[tuple[str, nn.Module]]:
+        names = ("normalize", "conv1", "bn1", "relu", *self.stage_names, "pool", "flatten", "fc")
+        return [(n, getattr(self, n)) for n in names]
 
 
 def resnet18(**kw: object) -> ResNet:

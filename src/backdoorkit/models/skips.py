@@ -62,14 +62,6 @@ def skips(model: nn.Module) -> OrderedDict[str, Skip]:
     )
 
 
-def skip_module_path(model: nn.Module, name: str) -> str:
-    """The module path of the :class:`Skip` called ``name``."""
-    for path, module in model.named_modules():
-        if isinstance(module, Skip) and _skip_name(path) == name:
-            return path
-    raise UnknownNameError(_unknown(model, name))
-
-
 def _unknown(model: nn.Module, name: str) -> str:
     names = list(skips(model))
     if not names:

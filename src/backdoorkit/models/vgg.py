@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 from backdoorkit.models.base import ImageClassifier
@@ -37,17 +36,13 @@ class VGG(ImageClassifier):
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
             self.add_module(f"stage{i + 1}", nn.Sequential(*layers))
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(cin, num_classes)
         self.feature_dim = cin
 
-    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.normalize(x)
-        for name in self.stage_names:
-            out = getattr(self, name)(out)
-        return out
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.pool(self.feature_maps(x)), 1)
+    def chain(self) -> list[tuple[str, nn.Module]]:
+        names = ("normalize", *self.stage_names, "pool", "flatten", "fc")
+        return [(n, getattr(self, n)) for n in names]
 
 
 def vgg16_bn(**kw: object) -> VGG:

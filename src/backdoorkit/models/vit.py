@@ -60,7 +60,41 @@ class Block(nn.Module):
         return self.mlp_skip(self.mlp(self.norm2(x)), x)
 
 
+class Embed(nn.Module):
+    """Patch embedding, class token and position embeddings: normalised pixels -> tokens.
+
+    Holds the ViT's own ``patch_embed``, ``cls_token`` and ``pos_embed`` (shared, not copied); the ViT
+    builds one per call of :meth:`ViT.chain`, so the model's ``state_dict`` keeps its keys.
+    """
+
+    def __init__(
+        self, patch_embed: nn.Module, cls_token: nn.Parameter, pos_embed: nn.Parameter, image_size: int
+    ) -> None:
+        super().__init__()
+        self.patch_embed = patch_embed
+        self.cls_token = cls_token
+        self.pos_embed = pos_embed
+        self.image_size = image_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            raise ValueError(
+                f"this ViT takes {self.image_size}x{self.image_size} images, got {tuple(x.shape[-2:])}"
+            )
+        t = self.patch_embed(x).flatten(2).transpose(1, 2)
+        return torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + self.pos_embed
+
+
+class ClassToken(nn.Module):
+    """The class token of a token sequence: ``x[:, 0]``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]
+
+
 class ViT(ImageClassifier):
+    pool_name = "cls"
+
     def __init__(
         self,
         num_classes: int = 10,
@@ -84,21 +118,22 @@ class ViT(ImageClassifier):
         self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
         self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
+        self.cls = ClassToken()
         self.fc = nn.Linear(dim, num_classes)
         self.feature_dim = dim
         self.stage_names = tuple(f"blocks.{i}" for i in range(depth))
 
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            raise ValueError(
-                f"this ViT takes {self.image_size}x{self.image_size} images, got {tuple(x.shape[-2:])}"
-            )
-        t = self.patch_embed(self.normalize(x)).flatten(2).transpose(1, 2)
-        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + self.pos_embed
-        return self.blocks(t)
+    def chain(self) -> list[tuple[str, nn.Module]]:
+        embed = Embed(self.patch_embed, self.cls_token, self.pos_embed, self.image_size)
+        return [
+            ("normalize", self.normalize),
+            ("embed", embed),
+            *[(n, getattr(self, n)) for n in ("blocks", "norm", "cls", "fc")],
+        ]
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.tokens(x))[:, 0]
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The token sequence after the last block (before the final norm)."""
+        return self._run(x, "norm")
 
 
 def vit_tiny(**kw: object) -> ViT:

@@ -69,17 +69,15 @@ class WideResNet(ImageClassifier):
                 cin = channels[g + 1]
             self.add_module(f"block{g + 1}", nn.Sequential(*blocks))
         self.bn = nn.BatchNorm2d(cin)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(cin, num_classes)
         self.feature_dim = cin
 
-    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(self.normalize(x))
-        for name in self.stage_names:
-            out = getattr(self, name)(out)
-        return F.relu(self.bn(out))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(F.adaptive_avg_pool2d(self.feature_maps(x), 1), 1)
+    def chain(self) -> list[tuple[str, nn.Module]]:
+        names = ("normalize", "conv1", *self.stage_names, "bn", "relu", "pool", "flatten", "fc")
+        return [(n, getattr(self, n)) for n in names]
 
 
 def wrn(depth: int = 16, widen: int = 1, **kw: object) -> WideResNet:
