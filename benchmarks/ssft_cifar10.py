@@ -201,18 +201,22 @@ def victim(
     attack = build_attack(attack_name, target=args.target, rate=args.rate, **params)
     cfg = recipe_for(train, epochs=args.epochs, device=args.device, amp=args.amp or None)
     key = hash_key(
-        "ssft-victim", attack.key(seed), fingerprint(train), args.arch, args.width, cfg.model_dump()
+        "ssft-victim", attack.describe(), seed, fingerprint(train), args.arch, args.width, cfg.model_dump()
     )
-    model = cache.get_model("ssft_victims", key, device="cpu")
-    if model is None:
-        poisoned = attack.poison(train, seed=seed)  # also sets up the trigger for evaluation
-        info = {"attack": attack.describe(), "poisoned": poisoned.count, **poisoned.info}
+    info: dict[str, Any] = {}
+
+    def train_victim() -> torch.nn.Module:
+        poisoned = attack.poison(train, seed=seed, cache=cache)  # also sets up the trigger for evaluation
+        info.update({"attack": attack.describe(), "poisoned": poisoned.count, **poisoned.info})
         log(f"training {args.arch} (width {args.width}, {cfg.epochs} epochs) on {attack_name}, seed {seed}")
-        model, fit_res = train_model(args.arch, poisoned.data, cfg, seed=seed, width=args.width)
-        info["train_seconds"] = fit_res.seconds
-        cache.put_model("ssft_victims", key, model, meta=info)
-    else:
-        attack.setup(train, seed=seed)  # the test-time trigger only (no poisoning, no attacker model)
+        net, info["train_seconds"] = train_model(
+            args.arch, poisoned, cfg, seed=seed, width=args.width, attack=attack
+        )
+        return net
+
+    model = cache.get_or_compute_model("ssft_victims", key, train_victim, lambda: info, device="cpu")
+    if not info:  # loaded from the cache: set up the test-time trigger only (no poisoning)
+        attack.setup(train, seed=seed, cache=cache)
         info = (cache.meta("ssft_victims", key) or {}).get("extra", {})
         log(f"victim {attack_name} seed {seed} from cache")
     return model, attack, info

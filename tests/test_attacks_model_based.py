@@ -13,15 +13,17 @@ import torch
 from torch import nn
 
 from backdoorkit.attacks import build_attack
-from backdoorkit.attacks._model_based import compute_calls, model_digest
+from backdoorkit.attacks._model_based import compute_calls
 from backdoorkit.attacks.badnets import GRID3
 from backdoorkit.attacks.label_consistent import corner_trigger
 from backdoorkit.attacks.smooth import low_pass
 from backdoorkit.attacks.trojan import square_mask, watermark_mask
+from backdoorkit.cache import model_digest
 from backdoorkit.data import ImageSet
 from backdoorkit.data.imageset import to_pixels
 from backdoorkit.errors import ConfigError
 from backdoorkit.metrics import backdoor_metrics
+from backdoorkit.models.skips import set_gamma
 from backdoorkit.pipeline import make_model
 from backdoorkit.train import fit_calls
 from conftest import train_digits
@@ -250,6 +252,20 @@ def test_second_poison_computes_nothing(
     assert model_digest(other) != model_digest(tiny_model)
     build_attack(name, **FAST[name]).poison(digits_train, seed=0, model=other)
     assert compute_calls() == before + 2
+
+
+def test_a_changed_skip_gamma_is_another_attacker_model(
+    digits_train: ImageSet, tiny_model: nn.Module, tmp_cache: str
+) -> None:
+    """Skip scales are not in the state dict, but they change what the model computes."""
+    scaled = make_model("resnet18", digits_train, width=2, seed=0).eval()
+    assert model_digest(scaled) == model_digest(tiny_model)
+    set_gamma(scaled, "layer3.0", 0.0)
+    assert model_digest(scaled) != model_digest(tiny_model)
+    before = compute_calls("trojan_trigger")
+    build_attack("trojan_sq", **FAST["trojan_sq"]).poison(digits_train, seed=0, model=tiny_model)
+    build_attack("trojan_sq", **FAST["trojan_sq"]).poison(digits_train, seed=0, model=scaled)
+    assert compute_calls("trojan_trigger") == before + 2
 
 
 def test_setup_recomputes_for_another_model_on_the_same_instance(

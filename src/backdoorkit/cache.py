@@ -5,7 +5,15 @@ model recipe ...), so nothing is computed twice across cells of a matrix or acro
 atomic (temporary file + rename), so a killed process never leaves a half-written entry, and two
 processes writing the same key simply produce the same file twice.
 
-The root is ``$BACKDOORKIT_CACHE`` or ``~/.cache/backdoorkit``.
+The root is the caller's (``ArtifactCache(root)``, e.g. a spec's ``cache_dir``), else
+``$BACKDOORKIT_CACHE`` or ``~/.cache/backdoorkit``.
+
+* :meth:`ArtifactCache.get_or_compute_tensors` / :meth:`ArtifactCache.get_or_compute_model` are the one
+  "load, else compute and store" sequence.  A missing or corrupt tensor entry is a miss; a model entry
+  whose file exists but cannot be rebuilt raises :class:`~backdoorkit.errors.ModelFileError` (a silent
+  miss would retrain it behind the user's back).
+* :func:`model_digest` is the one identity of a model instance: class, ``spec``, state dict (weights
+  and buffers) and every skip's ``gamma`` / ``beta`` (which are plain attributes, not in the state dict).
 """
 
 from __future__ import annotations
@@ -14,11 +22,15 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+#: an entry's JSON metadata, or a callable that returns it once the entry is computed
+Meta = dict[str, Any] | Callable[[], dict[str, Any]] | None
 
 
 def default_cache_dir() -> Path:
@@ -30,6 +42,30 @@ def hash_key(*parts: Any) -> str:
     """A stable 20-hex-digit hash of JSON-serialisable parts."""
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def model_digest(model: nn.Module) -> str:
+    """A 16-hex-digit digest of a model: its class (and ``spec`` when it has one), its state dict
+    (weights and buffers, names, shapes, dtypes and bytes) and the ``gamma`` / ``beta`` of every skip
+    connection (:func:`backdoorkit.models.skips.get_gammas`, ``get_betas``), so two models that
+    compute differently never share a digest."""
+    from backdoorkit.models.skips import get_betas, get_gammas
+
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    spec = getattr(model, "spec", None)
+    if spec is not None:
+        h.update(repr(spec).encode())
+    for name, t in sorted(model.state_dict().items()):
+        flat = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy().tobytes())
+    skip_scales = {
+        "gammas": get_gammas(model, only_changed=False),
+        "betas": get_betas(model, only_changed=False),
+    }
+    h.update(json.dumps(skip_scales, sort_keys=True).encode())
+    return h.hexdigest()[:16]
 
 
 class ArtifactCache:
@@ -87,17 +123,74 @@ class ArtifactCache:
         path = self._path(kind, key, ".safetensors")
         return save_model(model, path, extra=meta or {})
 
-    def get_model(self, kind: str, key: str, device: str | torch.device = "cpu") -> nn.Module | None:
+    def get_model(
+        self,
+        kind: str,
+        key: str,
+        device: str | torch.device = "cpu",
+        *,
+        model: nn.Module | None = None,
+    ) -> nn.Module | None:
+        """The cached model in eval mode on ``device``, or ``None`` when there is no entry.
+
+        ``model``: load the weights into this module (for models the sidecar alone cannot rebuild,
+        e.g. after an attack's ``prepare_model``).  An entry that exists but cannot be loaded raises
+        :class:`~backdoorkit.errors.ModelFileError`: only a missing file is a miss.
+        """
         from backdoorkit.checkpoint import load_model
-        from backdoorkit.errors import ModelFileError
 
         path = self._path(kind, key, ".safetensors")
         if not path.is_file():
             return None
-        try:
-            return load_model(path, device=device)
-        except ModelFileError:
-            return None
+        return load_model(path, model=model, device=device)
+
+    # ------------------------------------------------------------------ get or compute
+    def get_or_compute_tensors(
+        self,
+        kind: str,
+        key: str,
+        compute: Callable[[], dict[str, torch.Tensor]],
+        meta: Meta = None,
+        *,
+        valid: Callable[[dict[str, torch.Tensor]], bool] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The cached tensors of ``kind/key``, or ``compute()`` stored there (with ``meta``) and returned.
+
+        ``meta``: the JSON sidecar, or a callable returning it, called after ``compute`` (for what only
+        computing tells).  ``valid``: a check of a hit (e.g. the names it must hold); a hit that fails
+        it is a miss and is overwritten.  On a miss the computed tensors are returned as ``compute``
+        made them (device and dtype kept); on a hit they come back on the CPU, as stored.
+        """
+        hit = self.get_tensors(kind, key)
+        if hit is not None and (valid is None or valid(hit)):
+            return hit
+        tensors = compute()
+        self.put_tensors(kind, key, tensors, meta=meta() if callable(meta) else meta)
+        return tensors
+
+    def get_or_compute_model(
+        self,
+        kind: str,
+        key: str,
+        compute: Callable[[], nn.Module],
+        meta: Meta = None,
+        *,
+        device: str | torch.device = "cpu",
+        model: Callable[[], nn.Module] | None = None,
+    ) -> nn.Module:
+        """The cached model of ``kind/key`` (see :meth:`get_model`), or ``compute()`` stored there.
+
+        ``meta`` as in :meth:`get_or_compute_tensors` (stored as the sidecar's ``extra``).  ``model``:
+        a factory of the module to load a hit into (default: rebuild from the sidecar).
+        Either way the model is returned in eval mode; a computed one stays on its device.
+        """
+        loader = model() if model is not None and self.has(kind, key) else None
+        hit = self.get_model(kind, key, device=device, model=loader)
+        if hit is not None:
+            return hit
+        fresh = compute()
+        self.put_model(kind, key, fresh, meta=meta() if callable(meta) else meta)
+        return fresh.eval()
 
     def model_path(self, kind: str, key: str) -> Path:
         return self._path(kind, key, ".safetensors")

@@ -2,6 +2,13 @@
 build a registered model fitted to a dataset's shape and statistics, and train it with the
 dataset's recipe.
 
+* :func:`train_victim` is the one way a victim (or clean) model is trained: with an attack and its
+  :class:`~backdoorkit.attacks.base.PoisonedSet` it calls :meth:`Attack.train_victim
+  <backdoorkit.attacks.base.Attack.train_victim>` (so attacks that control training are honoured
+  everywhere), without one it fits the fresh model on the data.
+* :func:`train_model` is the convenience wrapper: architecture name + data + seed in, ``(model,
+  seconds)`` out.
+
 Recipes (the defaults a user gets without flags; every field can be overridden):
 
 * ``digits`` (embedded, 1,438 training images): 8 epochs, lr 0.05, batch 128, no augmentation (the digits are
@@ -13,14 +20,19 @@ Recipes (the defaults a user gets without flags; every field can be overridden):
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.models.registry import build_model, model_args
-from backdoorkit.train import FitResult, TrainConfig, fit, train_config
+from backdoorkit.train import TrainConfig, fit, train_config
+
+if TYPE_CHECKING:
+    from backdoorkit.attacks.base import Attack, PoisonedSet
 
 RECIPES: dict[str, dict[str, Any]] = {
     "digits": {"epochs": 8, "lr": 0.05, "batch_size": 128, "augment": False},
@@ -63,28 +75,53 @@ def make_model(
     return model
 
 
+def train_victim(
+    attack: Attack | None,
+    model_factory: Callable[[], nn.Module],
+    poisoned: PoisonedSet | ImageSet,
+    config: TrainConfig,
+) -> nn.Module:
+    """Train a model for ``poisoned`` and return it in eval mode.
+
+    With an attack and a :class:`~backdoorkit.attacks.base.PoisonedSet`: ``attack.train_victim(
+    model_factory, poisoned, config)`` (default: ``prepare_model`` + :func:`~backdoorkit.train.fit`;
+    attacks that control training override it).  With ``attack=None`` or a plain
+    :class:`ImageSet`: clean training, ``fit(model_factory(), data, config)``.  ``config`` is used as
+    given (its ``seed`` included).
+    """
+    if attack is not None and not isinstance(poisoned, ImageSet):
+        return attack.train_victim(model_factory, poisoned, config)
+    data = poisoned if isinstance(poisoned, ImageSet) else poisoned.data
+    model = model_factory()
+    fit(model, data, config)
+    return model.eval()
+
+
 def train_model(
     arch: str,
-    data: ImageSet,
+    data: PoisonedSet | ImageSet,
     config: TrainConfig | None = None,
     *,
     seed: int = 0,
     width: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
     init: nn.Module | None = None,
-    prepare: Any = None,
-) -> tuple[nn.Module, FitResult]:
-    """Build (or take ``init``) and train a model on ``data``; returns ``(model, fit result)``.
+    attack: Attack | None = None,
+) -> tuple[nn.Module, float]:
+    """Build ``arch`` for the data (or take ``init``) and train it through :func:`train_victim`.
 
-    ``prepare`` is an optional callable applied to the fresh model before training (an attack's
-    ``prepare_model`` for attacks on the structure).
+    ``data``: a clean :class:`ImageSet`, or ``attack``'s :class:`PoisonedSet` for a victim model.
+    ``config`` defaults to the dataset's recipe; its seed is replaced by ``seed``, which also seeds
+    the initialisation.  Returns ``(model in eval mode, training wall seconds)``.
     """
-    cfg = config or recipe_for(data)
-    if init is not None:
-        model = init
-    else:
-        model = make_model(arch, data, width=width, seed=seed, **(model_kwargs or {}))
-    if prepare is not None:
-        model = prepare(model)
-    result = fit(model, data, cfg.model_copy(update={"seed": seed}))
-    return model, result
+    images = data if isinstance(data, ImageSet) else data.data
+    cfg = (config or recipe_for(images)).model_copy(update={"seed": seed})
+
+    def factory() -> nn.Module:
+        if init is not None:
+            return init
+        return make_model(arch, images, width=width, seed=seed, **(model_kwargs or {}))
+
+    start = time.perf_counter()
+    model = train_victim(attack, factory, data, cfg)
+    return model, time.perf_counter() - start

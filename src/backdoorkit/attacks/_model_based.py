@@ -4,10 +4,13 @@
 * :class:`ModelBasedAttack` takes the attacker's model from ``poison(train, seed=..., model=m)`` /
   ``setup(..., model=m)`` or, without one, trains its own with the dataset's recipe
   (:func:`attacker_model`: ``attacker_arch``/``attacker_width``, optionally PGD adversarial training
-  for ``attacker_adv_epochs`` epochs), and caches it in the :class:`~backdoorkit.cache.ArtifactCache`.
+  for ``attacker_adv_epochs`` epochs), and caches it in the attack's
+  :class:`~backdoorkit.cache.ArtifactCache` (:attr:`Attack.cache`: the one passed as
+  ``poison(..., cache=...)`` / ``setup(..., cache=...)``, else the default root).
 * The model is only materialised when something has to be computed: a cached trigger or perturbation
   needs neither training nor loading.  The model's *identity* (:attr:`ModelBasedAttack.model_ident`)
-  is a digest of the passed model's state dict, or the recipe of the self-trained one.
+  is :func:`backdoorkit.cache.model_digest` of the passed model (weights, buffers and skip scales),
+  or the recipe of the self-trained one.
 * :func:`pgd_linf` is the batched L-inf PGD used both for label-consistent perturbations and for
   adversarial training of the attacker model.
 * :func:`compute_calls` counts the expensive computations (caching tests check that a second
@@ -16,7 +19,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +29,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from backdoorkit.attacks.base import Attack, AttackParams
-from backdoorkit.cache import ArtifactCache, hash_key
+from backdoorkit.cache import ArtifactCache, hash_key, model_digest
 from backdoorkit.data.fingerprint import fingerprint
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.device import resolve_device
@@ -41,6 +43,8 @@ ADV_STEP = 2 / 255
 ADV_STEPS = 10
 
 MODEL_KIND = "attacker_models"
+#: training-config fields that do not change the trained model (left out of its cache key)
+RECIPE_VOLATILE = {"device", "progress", "compile", "amp", "channels_last", "check_every"}
 
 
 def compute_calls(name: str | None = None) -> int:
@@ -76,19 +80,6 @@ class ModelBasedParams(AttackParams):
 
 
 # ---------------------------------------------------------------------------- model identity
-def model_digest(model: nn.Module) -> str:
-    """A 16-hex-digit digest of a model's class and state dict (weights and buffers)."""
-    h = hashlib.sha256(type(model).__qualname__.encode())
-    spec = getattr(model, "spec", None)
-    if spec is not None:
-        h.update(repr(spec).encode())
-    for name, t in sorted(model.state_dict().items()):
-        flat = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(flat.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -135,16 +126,17 @@ def pgd_linf(
 
 def adversarial_loss(
     eps: float = ADV_EPS, step: float = ADV_STEP, steps: int = ADV_STEPS
-) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """A ``fit`` loss for PGD adversarial training (Madry et al. 2018): CE on PGD examples.
+) -> Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]]:
+    """A ``fit`` loss (:data:`backdoorkit.train.LossFn`) for PGD adversarial training (Madry et al.
+    2018): CE on PGD examples of ``batch.x``.
 
     The PGD examples are made with the model as ``fit`` holds it (training mode: batch-norm uses the
     batch's statistics)."""
 
-    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x_adv = pgd_linf(model, x, y, eps=eps, step=step, steps=steps, random_start=True)
+    def loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        x_adv = pgd_linf(model, batch.x, batch.y, eps=eps, step=step, steps=steps, random_start=True)
         logits = model(x_adv)
-        return F.cross_entropy(logits.float(), y), logits
+        return F.cross_entropy(logits.float(), batch.y), logits
 
     return loss
 
@@ -160,7 +152,7 @@ def attacker_recipe(params: ModelBasedParams, train: ImageSet, seed: int) -> dic
         "width": params.attacker_width,
         "adv_epochs": params.attacker_adv_epochs,
         "adv": [ADV_EPS, ADV_STEP, ADV_STEPS] if params.attacker_adv_epochs else None,
-        "config": cfg.model_dump(exclude={"device", "progress", "compile", "amp", "channels_last"}),
+        "config": cfg.model_dump(exclude=RECIPE_VOLATILE),
         "seed": seed,
         "data": fingerprint(train),
     }
@@ -178,21 +170,21 @@ def attacker_model(params: ModelBasedParams, train: ImageSet, seed: int, cache: 
     from backdoorkit.train import fit
 
     recipe = attacker_recipe(params, train, seed)
+
+    def train_attacker() -> nn.Module:
+        count_call("attacker_fit")
+        cfg = recipe_for(train, epochs=params.attacker_epochs).model_copy(update={"seed": seed})
+        model = make_model(params.attacker_arch, train, width=params.attacker_width, seed=seed)
+        if params.attacker_adv_epochs > 0:
+            adv_cfg = cfg.model_copy(update={"epochs": params.attacker_adv_epochs})
+            fit(model, train, adv_cfg, loss_fn=adversarial_loss())
+        else:
+            fit(model, train, cfg)
+        return model
+
     key = hash_key("attacker", recipe)
     device = resolve_device("auto")
-    cached = cache.get_model(MODEL_KIND, key, device=device)
-    if cached is not None:
-        return cached.eval()
-    count_call("attacker_fit")
-    cfg = recipe_for(train, epochs=params.attacker_epochs).model_copy(update={"seed": seed})
-    model = make_model(params.attacker_arch, train, width=params.attacker_width, seed=seed)
-    if params.attacker_adv_epochs > 0:
-        adv_cfg = cfg.model_copy(update={"epochs": params.attacker_adv_epochs})
-        fit(model, train, adv_cfg, loss_fn=adversarial_loss())
-    else:
-        fit(model, train, cfg)
-    cache.put_model(MODEL_KIND, key, model, meta={"recipe": recipe})
-    return model.eval()
+    return cache.get_or_compute_model(MODEL_KIND, key, train_attacker, {"recipe": recipe}, device=device)
 
 
 def check_attacker(name: str, model: nn.Module, train: ImageSet, *, need_features: bool = False) -> None:
@@ -239,9 +231,16 @@ class ModelBasedAttack(Attack):
         self._seed = 0
 
     def setup(
-        self, train: ImageSet, *, seed: int = 0, model: nn.Module | None = None, **kwargs: Any
+        self,
+        train: ImageSet,
+        *,
+        seed: int = 0,
+        cache: ArtifactCache | None = None,
+        model: nn.Module | None = None,
+        **kwargs: Any,
     ) -> Attack:
-        """As :meth:`Attack.setup`, plus ``model``: the attacker's model (default: train one)."""
+        """As :meth:`Attack.setup`, plus ``model``: the attacker's model (default: train one, kept in
+        the attack's cache)."""
         if model is not None:
             check_attacker(self.name, model, train, need_features=self.needs_features)
             ident = f"model:{model_digest(model)}"
@@ -253,14 +252,14 @@ class ModelBasedAttack(Attack):
         self._model = model
         self._train = train
         self._seed = seed
-        return super().setup(train, seed=seed, **kwargs)
+        return super().setup(train, seed=seed, cache=cache, **kwargs)
 
     def attacker(self) -> nn.Module:
         """The attacker model (the passed one, or the self-trained one, trained or loaded lazily)."""
         if self._model is None:
             if self._train is None:
                 raise ConfigError(f"{self.name}: call setup(train) or poison(train) first")
-            self._model = attacker_model(self.params, self._train, self._seed, ArtifactCache())
+            self._model = attacker_model(self.params, self._train, self._seed, self.cache)
         return self._model
 
     def compute_key(self, seed: int, *extra: Any) -> str:

@@ -10,7 +10,18 @@ An attack is a small object with validated parameters (a pydantic ``Params`` mod
 * ``apply(x)`` adds the trigger to a float batch ``[B, C, H, W]`` in ``[0, 1]`` on its device;
 * ``target_labels(y)`` / ``asr_mask(y)`` define the all-to-one (``target``) or all-to-all
   (``(y + 1) mod C``) mapping and which test images count for ASR;
-* ``prepare_model(model)`` changes the model itself for attacks on the structure (identity here).
+* ``prepare_model(model)`` changes the model itself for attacks on the structure (identity here);
+* ``train_victim(model_factory, poisoned, config)`` trains the victim's model on the poisoned set.
+  The default builds ``prepare_model(model_factory())``, runs :func:`backdoorkit.train.fit` on
+  ``poisoned.data`` with ``config`` and returns the model in eval mode.  Attacks that control the
+  victim's training (TrojanNet, latent backdoors, pruning-aware attacks, on-the-fly WaNet) override
+  it; :func:`backdoorkit.pipeline.train_victim` is the one entry point the CLI, the benchmarks and the
+  experiment runner call, so an override is used everywhere.
+
+``setup`` and ``poison`` take ``cache=``: the :class:`~backdoorkit.cache.ArtifactCache` where computed
+artefacts (attacker models, triggers, perturbations) are read and written.  It is stored on the
+attack (:attr:`Attack.cache`), so later calls keep using it; never given, it is the default root
+(``$BACKDOORKIT_CACHE`` or ``~/.cache/backdoorkit``).
 
 A new data-poisoning attack is usually just ``Params`` plus ``apply`` (and ``_setup`` if the trigger
 needs data).  Poisoned rows are chosen at random (seeded) among non-target images for dirty-label
@@ -19,19 +30,22 @@ attacks and among target-class images for clean-label ones.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from backdoorkit.data.imageset import ImageSet, quantize, to_pixels
+from backdoorkit.data.splits import check_amount
 from backdoorkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from backdoorkit.cache import ArtifactCache
+    from backdoorkit.train import TrainConfig
 
 CHUNK = 2048  # images per batch when poisoning a whole set
 
@@ -107,14 +121,9 @@ class Attack(ABC):
         if self.label_mode == "clean" and self.params.mode == "all2all":
             raise ConfigError(f"{self.name}: a clean-label attack is all-to-one")
         rate = self.params.rate if self.params.rate is not None else self.default_rate
-        if isinstance(rate, float) and not 0.0 <= rate <= 1.0:
-            raise ConfigError(
-                f"{self.name}: rate {rate} is not a fraction in [0, 1] (pass an int for a count)"
-            )
-        if isinstance(rate, int) and rate < 0:
-            raise ConfigError(f"{self.name}: rate {rate} is a negative count")
-        self.rate: float | int = rate
+        self.rate: float | int = check_amount(rate, f"{self.name}: rate")
         self._ready_key: str | None = None
+        self._cache: ArtifactCache | None = None
         self.num_classes: int | None = None
         self.image_shape: tuple[int, int, int] | None = None
         self._patterns: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
@@ -143,11 +152,6 @@ class Attack(ABC):
         """Name + every parameter (defaults resolved): what determines this attack."""
         return {"attack": self.name, **self.params.model_dump(), "rate": self.rate}
 
-    def key(self, seed: int = 0) -> str:
-        """A stable hash of the parameters and seed (for caches)."""
-        blob = json.dumps({**self.describe(), "seed": seed}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "attack")
         return f"{type(self).__name__}({args})"
@@ -168,8 +172,25 @@ class Attack(ABC):
         return y != self.target
 
     # ------------------------------------------------------------------ set-up
-    def setup(self, train: ImageSet, *, seed: int = 0, **kwargs: Any) -> Attack:
-        """Prepare the trigger from the attacker's clean training data (idempotent per data/seed)."""
+    @property
+    def cache(self) -> ArtifactCache:
+        """Where this attack's computed artefacts live: the cache last passed to ``setup`` /
+        ``poison``, else the default root (resolved at each use)."""
+        if self._cache is not None:
+            return self._cache
+        from backdoorkit.cache import ArtifactCache
+
+        return ArtifactCache()
+
+    def setup(
+        self, train: ImageSet, *, seed: int = 0, cache: ArtifactCache | None = None, **kwargs: Any
+    ) -> Attack:
+        """Prepare the trigger from the attacker's clean training data (idempotent per data/seed).
+
+        ``cache``: where computed artefacts are read and written (kept for later calls; ``None``
+        keeps the one given before, else the default root)."""
+        if cache is not None:
+            self._cache = cache
         if not self.all2all and self.target >= train.num_classes:
             raise ConfigError(
                 f"{self.name}: target {self.target} out of range for {train.num_classes} classes"
@@ -191,10 +212,6 @@ class Attack(ABC):
 
     def validate_shape(self, shape: tuple[int, int, int]) -> None:  # noqa: B027 (optional hook)
         """Override to reject image shapes the trigger does not fit (patch outside the image ...)."""
-
-    @property
-    def is_ready(self) -> bool:
-        return self._ready_key is not None
 
     def _require_ready(self) -> None:
         if self._ready_key is None:
@@ -253,9 +270,11 @@ class Attack(ABC):
         pick = cand[torch.randperm(len(cand), generator=gen)[:want]]
         return torch.sort(pick).values, info
 
-    def poison(self, train: ImageSet, *, seed: int = 0, **setup_kwargs: Any) -> PoisonedSet:
-        """Poison ``train`` (a new set; the input is unchanged)."""
-        self.setup(train, seed=seed, **setup_kwargs)
+    def poison(
+        self, train: ImageSet, *, seed: int = 0, cache: ArtifactCache | None = None, **setup_kwargs: Any
+    ) -> PoisonedSet:
+        """Poison ``train`` (a new set; the input is unchanged); ``cache`` as in :meth:`setup`."""
+        self.setup(train, seed=seed, cache=cache, **setup_kwargs)
         idx, info = self.select(train, seed)
         x = train.x.clone()
         y = train.y.clone()
@@ -280,3 +299,18 @@ class Attack(ABC):
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Change the model's structure before training (BadRes, TrojanNet ...); identity here."""
         return model
+
+    def train_victim(
+        self, model_factory: Callable[[], nn.Module], poisoned: PoisonedSet, config: TrainConfig
+    ) -> nn.Module:
+        """Train the victim's model on ``poisoned`` and return it in eval mode.
+
+        Default: ``prepare_model(model_factory())`` trained by :func:`backdoorkit.train.fit` on
+        ``poisoned.data`` with ``config`` (its seed included).  Override for attacks that control
+        the victim's training; call it through :func:`backdoorkit.pipeline.train_victim`.
+        """
+        from backdoorkit.train import fit
+
+        model = self.prepare_model(model_factory())
+        fit(model, poisoned.data, config)
+        return model.eval()

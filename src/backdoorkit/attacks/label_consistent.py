@@ -50,7 +50,6 @@ from backdoorkit.attacks._model_based import (
     pgd_linf,
 )
 from backdoorkit.attacks.badnets import GRID3
-from backdoorkit.cache import ArtifactCache
 from backdoorkit.data.fingerprint import tensor_digest
 from backdoorkit.data.imageset import quantize, to_pixels
 from backdoorkit.device import eval_mode
@@ -121,11 +120,18 @@ class LabelConsistent(ModelBasedAttack):
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
         """uint8 adversarial versions of float images ``x`` (cached per image set)."""
-        cache = ArtifactCache()
         key = self.compute_key(seed, tensor_digest(quantize(x)), tensor_digest(y.cpu()))
-        hit = cache.get_tensors(PERTURB_KIND, key)
-        if hit is not None and hit.get("x") is not None and hit["x"].shape == x.shape:
-            return hit["x"].to(x.device)
+        found = self.cache.get_or_compute_tensors(
+            PERTURB_KIND,
+            key,
+            lambda: {"x": self._compute_perturbation(x, y, seed)},
+            meta={"seed": seed, "model": self.model_ident},
+            valid=lambda hit: hit.get("x") is not None and hit["x"].shape == x.shape,
+        )
+        return found["x"].to(x.device)
+
+    def _compute_perturbation(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+        """L-inf PGD on the attacker model, batch by batch: uint8 ``[N, C, H, W]`` on the CPU."""
         p = self.params
         out = quantize(x).cpu()
         if p.steps > 0 and len(x):
@@ -148,8 +154,7 @@ class LabelConsistent(ModelBasedAttack):
                         generator=gen,
                     )
                     out[start : start + len(xb)] = quantize(adv).cpu()
-        cache.put_tensors(PERTURB_KIND, key, {"x": out}, meta={"seed": seed, "model": self.model_ident})
-        return out.to(x.device)
+        return out
 
     def poison_images(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
         adv = to_pixels(self.perturb(x, y, seed))

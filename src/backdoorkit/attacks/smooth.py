@@ -42,7 +42,6 @@ from pydantic import Field
 from backdoorkit.attacks import register_attack
 from backdoorkit.attacks._model_based import ModelBasedAttack, ModelBasedParams, count_call, model_device
 from backdoorkit.attacks.base import PoisonedSet
-from backdoorkit.cache import ArtifactCache
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.device import eval_mode
 from backdoorkit.errors import ConfigError
@@ -137,15 +136,22 @@ class Smooth(ModelBasedAttack):
             raise ConfigError(f"{self.name}: images of {h}x{w} are too small for a low-pass pattern")
 
     def _setup(self, train: ImageSet, *, seed: int, **kwargs: Any) -> None:
-        p = self.params
-        cache = ArtifactCache()
         goal = "untargeted" if self._untargeted else self.target
         key = self.compute_key(seed, goal, list(train.image_shape))
-        hit = cache.get_tensors(PATTERN_KIND, key)
-        if hit is not None and "pattern" in hit:
-            self.pattern = hit["pattern"]
-            self.uap_label = int(hit["uap_label"])
-            return
+        found = self.cache.get_or_compute_tensors(
+            PATTERN_KIND,
+            key,
+            lambda: self._compute_pattern(train, seed),
+            meta={"attack": self.name, "seed": seed, "model": self.model_ident},
+            valid=lambda hit: {"pattern", "uap_label"} <= set(hit),
+        )
+        self.pattern = found["pattern"]
+        self.uap_label = int(found["uap_label"])
+
+    def _compute_pattern(self, train: ImageSet, seed: int) -> dict[str, torch.Tensor]:
+        """``{"pattern": [1, C, H, W], "uap_label": []}``: the smooth UAP on the attacker model (CPU)
+        and the class it sends most of the sampled images to."""
+        p = self.params
         model = self.attacker()
         device = model_device(model)
         gen = torch.Generator().manual_seed(seed)
@@ -167,14 +173,7 @@ class Smooth(ModelBasedAttack):
         with torch.no_grad(), eval_mode(model):
             pred = model(self._add(x, pattern)).argmax(1)
         uap_label = int(torch.bincount(pred.cpu(), minlength=train.num_classes).argmax())
-        self.pattern = pattern.cpu()
-        self.uap_label = uap_label
-        cache.put_tensors(
-            PATTERN_KIND,
-            key,
-            {"pattern": self.pattern, "uap_label": torch.tensor(uap_label)},
-            meta={"attack": self.name, "seed": seed, "model": self.model_ident},
-        )
+        return {"pattern": pattern.cpu(), "uap_label": torch.tensor(uap_label)}
 
     def _add(self, x: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
         out = (x + pattern.to(device=x.device, dtype=x.dtype)).clamp(0, 1)

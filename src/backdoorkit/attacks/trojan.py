@@ -41,7 +41,6 @@ from torch import nn
 
 from backdoorkit.attacks import register_attack
 from backdoorkit.attacks._model_based import ModelBasedAttack, ModelBasedParams, count_call, model_device
-from backdoorkit.cache import ArtifactCache
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.device import eval_mode
 from backdoorkit.errors import ConfigError
@@ -155,13 +154,20 @@ class _Trojan(ModelBasedAttack):
 
     def _setup(self, train: ImageSet, *, seed: int, **kwargs: Any) -> None:
         c, h, w = train.image_shape
-        cache = ArtifactCache()
         key = self.compute_key(seed, self.mask_name, [c, h, w])
-        hit = cache.get_tensors(TRIGGER_KIND, key)
-        if hit is not None and "trigger" in hit:
-            self.trigger = hit["trigger"]
-            self.neurons = hit["neurons"].tolist()
-            return
+        found = self.cache.get_or_compute_tensors(
+            TRIGGER_KIND,
+            key,
+            lambda: self._compute_trigger(train, seed),
+            meta={"attack": self.name, "seed": seed, "model": self.model_ident},
+            valid=lambda hit: {"trigger", "neurons"} <= set(hit),
+        )
+        self.trigger = found["trigger"]
+        self.neurons = found["neurons"].tolist()
+
+    def _compute_trigger(self, train: ImageSet, seed: int) -> dict[str, torch.Tensor]:
+        """``{"trigger": [1, C, H, W], "neurons": [k]}`` optimised on the attacker model (CPU)."""
+        c, h, w = train.image_shape
         model = self.attacker()
         device = model_device(model)
         neurons = select_neurons(model, self.params.n_neurons, self.name)
@@ -175,14 +181,7 @@ class _Trojan(ModelBasedAttack):
         trigger = optimise_trigger(
             model, canvas, mask, neurons, steps=self.params.steps, lr=self.params.lr, generator=gen
         ).cpu()
-        self.trigger = trigger
-        self.neurons = neurons.tolist()
-        cache.put_tensors(
-            TRIGGER_KIND,
-            key,
-            {"trigger": trigger, "neurons": neurons.cpu()},
-            meta={"attack": self.name, "seed": seed, "model": self.model_ident},
-        )
+        return {"trigger": trigger, "neurons": neurons.cpu()}
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         self._require_ready()

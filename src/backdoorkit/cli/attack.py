@@ -29,8 +29,8 @@ from backdoorkit.cli.common import (
     load_splits,
     parse_params,
     pct,
-    rate_value,
 )
+from backdoorkit.data import parse_amount
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.errors import ConfigError
 from backdoorkit.train import TrainConfig
@@ -71,11 +71,10 @@ def run_attack(
     from backdoorkit.pipeline import train_model
 
     ps = atk.poison(train, seed=seed, **setup_kwargs(atk, attacker))
-    bd_model, bd_fit = train_model(arch, ps.data, cfg, seed=seed, width=width, prepare=atk.prepare_model)
+    bd_model, bd_seconds = train_model(arch, ps, cfg, seed=seed, width=width, attack=atk)
     clean_seconds = 0.0
     if clean_model is None:
-        clean_model, clean_fit = train_model(arch, train, cfg, seed=seed, width=width)
-        clean_seconds = clean_fit.seconds
+        clean_model, clean_seconds = train_model(arch, train, cfg, seed=seed, width=width)
     metrics = backdoor_metrics(bd_model, test, atk)
     summary: dict[str, Any] = {
         **metrics,
@@ -86,7 +85,7 @@ def run_attack(
         "params": atk.describe(),
         "poisoned": ps.count,
         "poison": summarize_info(ps.info),
-        "seconds": bd_fit.seconds,
+        "seconds": bd_seconds,
         "clean_seconds": clean_seconds,
         "epochs": cfg.epochs,
     }
@@ -132,9 +131,8 @@ def attack_cmd(
 
     train_set, test_set = load_splits(dataset, data_root)
     params = parse_params(param)
-    rate = rate_value(poison_rate)
-    if rate is not None:
-        params["rate"] = rate
+    if poison_rate is not None:
+        params["rate"] = parse_amount(poison_rate, "--poison-rate")
     atk = build_attack(attack, target=target, **params)
     attacker = load_attacker(attacker_model, device)
     if attacker is not None and not takes_model(atk):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import typer
@@ -19,11 +21,13 @@ from backdoorkit.cli.common import (
     load_splits,
     parse_params,
     pct,
-    rate_value,
 )
-from backdoorkit.data import ImageSet
+from backdoorkit.data import ImageSet, parse_amount
 from backdoorkit.device import eval_mode
 from backdoorkit.errors import DataError, ModelFileError
+
+if TYPE_CHECKING:
+    from backdoorkit.attacks.base import PoisonedSet
 
 
 def check_model_fits(net: nn.Module, data: ImageSet, source: str) -> None:
@@ -87,18 +91,19 @@ def train(
     from backdoorkit.attacks import build_attack
     from backdoorkit.checkpoint import load_model, save_model
     from backdoorkit.metrics import backdoor_metrics
-    from backdoorkit.pipeline import make_model, recipe_for
+    from backdoorkit.pipeline import make_model, recipe_for, train_victim
 
     train_set, test_set = load_splits(dataset, data_root)
     atk = None
+    poisoned: PoisonedSet | ImageSet = train_set
     poison_info: dict[str, object] = {}
     if attack is not None:
         params = parse_params(param)
         if poison_rate is not None:
-            params["rate"] = rate_value(poison_rate)
+            params["rate"] = parse_amount(poison_rate, "--poison-rate")
         atk = build_attack(attack, target=target, **params)
         ps = atk.poison(train_set, seed=seed)
-        train_set = ps.data
+        poisoned, train_set = ps, ps.data
         poison_info = {"poisoned": ps.count, **ps.info}
     cfg = recipe_for(
         train_set,
@@ -110,19 +115,26 @@ def train(
         device=device,
         progress=progress and not json_out,
     )
-    net = load_model(init) if init is not None else make_model(model, train_set, width=width, seed=seed)
     if init is not None:
-        check_model_fits(net, train_set, str(init))
-    if atk is not None:
-        net = atk.prepare_model(net)
-    from backdoorkit.train import fit
+        start_net = load_model(init)
+        check_model_fits(start_net, train_set, str(init))
 
-    result = fit(net, train_set, cfg)
+        def factory() -> nn.Module:
+            return start_net
+    else:
+
+        def factory() -> nn.Module:
+            return make_model(model, train_set, width=width, seed=seed)
+
+    start = time.perf_counter()
+    net = train_victim(atk, factory, poisoned, cfg)
+    seconds = time.perf_counter() - start
+    images_per_second = cfg.epochs * len(train_set) / seconds if seconds > 0 else float("nan")
     metrics = backdoor_metrics(net, test_set, atk)
     summary = {
         **metrics,
-        "seconds": result.seconds,
-        "images_per_second": result.images_per_second,
+        "seconds": seconds,
+        "images_per_second": images_per_second,
         "epochs": cfg.epochs,
         **({"poison": poison_info} if poison_info else {}),
     }
@@ -139,7 +151,7 @@ def train(
     if json_out:
         emit_json(summary)
         return
-    speed = f"{result.seconds:.1f}s, {result.images_per_second:.0f} img/s"
+    speed = f"{seconds:.1f}s, {images_per_second:.0f} img/s"
     console.print(f"[bold]{model}[/] on {train_set.name}: {speed}")
     console.print(f"BA  {pct(metrics['ba'])} %")
     if atk is not None:
