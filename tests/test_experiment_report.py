@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from backdoorkit.errors import ConfigError
 from backdoorkit.experiment.report import (
     build_table,
     load_rows,
@@ -20,7 +21,7 @@ from backdoorkit.experiment.report import (
     to_markdown,
     write_report,
 )
-from backdoorkit.experiment.store import ResultStore
+from backdoorkit.experiment.store import WELL_KNOWN_METRICS, ResultStore
 
 # (defense, kind, attack, seed, BA, ASR): 'strong' is best, 'leaky' keeps the backdoor, 'lossy' loses BA
 RESULTS = [
@@ -43,6 +44,8 @@ SCAN = [
 
 
 def add_row(store: ResultStore, i: int, **row: Any) -> None:
+    """A ``cells`` row written directly; well-known metric keywords go to the ``metrics`` table."""
+    metrics = {k: row.pop(k) for k in WELL_KNOWN_METRICS if k in row}
     base: dict[str, Any] = {
         "cell_hash": f"cell{i:04d}",
         "spec_hash": "spec0001",
@@ -61,6 +64,10 @@ def add_row(store: ResultStore, i: int, **row: Any) -> None:
     marks = ", ".join("?" * len(base))
     with store.transaction() as con:
         con.execute(f"INSERT INTO cells ({cols}) VALUES ({marks})", tuple(base.values()))
+        con.executemany(
+            "INSERT INTO metrics (cell_hash, name, value) VALUES (?, ?, ?)",
+            [(base["cell_hash"], k, v) for k, v in metrics.items()],
+        )
 
 
 @pytest.fixture()
@@ -195,6 +202,63 @@ def test_report_command(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
         main(["report", str(tmp_path / "missing.db")])
     assert exc.value.code == 2
     assert "no such results database" in capsys.readouterr().err
+
+
+def test_any_metric_name_is_stored_and_reported(tmp_path: Path) -> None:
+    """A result with a metric no code knows (``my_metric``) is stored, read back and reported."""
+    store = ResultStore(tmp_path / "r.db")
+    for i, (defense, kind, metrics) in enumerate(
+        [
+            ("none", "none", {"ba": 0.97, "asr": 0.99}),
+            ("toy", "repair", {"ba": 0.95, "asr": 0.05, "my_metric": 3.25, "nan_metric": float("nan")}),
+        ]
+    ):
+        add_row(store, i, defense=defense, defense_kind=kind, attack="badnets", status="running", run_id="r")
+        assert store.finish(f"cell{i:04d}", "r", {"status": "done", "metrics": metrics, "info": {}})
+    rows = {r["defense"]: r for r in store.rows()}
+    assert rows["toy"]["metrics"] == {"ba": 0.95, "asr": 0.05, "my_metric": 3.25}
+    assert rows["toy"]["ba"] == 0.95 and rows["toy"]["auroc"] is None
+    frame = store.metrics_frame()
+    assert set(frame["name"]) == {"ba", "asr", "my_metric"}
+    assert frame.loc[frame["name"] == "my_metric", ["defense", "attack", "value"]].values.tolist() == [
+        ["toy", "badnets", 3.25]
+    ]
+    # a reset cell loses its metric rows
+    store.reset(["cell0001"])
+    assert "cell0001" not in set(store.metrics_frame()["cell_hash"])
+    with store.transaction() as con:
+        con.execute("UPDATE cells SET status = 'running', run_id = 'r' WHERE cell_hash = 'cell0001'")
+    store.finish("cell0001", "r", {"status": "done", "metrics": {"ba": 0.95, "my_metric": 3.25}})
+    store.close()
+
+    table = build_table(load_rows(tmp_path / "r.db"))
+    md = to_markdown(table)
+    assert "## Repair" in md and "digits / badnets my_metric" in md
+    assert next(line for line in md.splitlines() if line.startswith("| toy") and "3.25" in line)
+    parsed = list(csv.DictReader(io.StringIO(to_csv(table))))
+    toy = next(r for r in parsed if r["defense"] == "toy")
+    assert float(toy["my_metric"]) == pytest.approx(3.25) and toy["my_metric_std"] == ""
+
+
+def test_report_on_other_files_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    import sqlite3
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n")
+    other = tmp_path / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    for path in (text, other, empty):
+        before = path.read_bytes()
+        with pytest.raises(ConfigError, match="not a results database") as exc:
+            render(path)
+        assert "\n" not in str(exc.value)
+        assert path.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(path.name)) == [path.name]
 
 
 def test_reduced_demo_runs_and_reports(tmp_path: Path) -> None:

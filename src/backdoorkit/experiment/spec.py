@@ -297,7 +297,11 @@ def _check_train(where: str, overrides: dict[str, Any]) -> None:
 
 
 def check_spec(spec: Spec) -> None:
-    """Names, keys and ranges that pydantic alone cannot check (registries, parameter names)."""
+    """Names, keys and ranges that pydantic alone cannot check (registries, training keys).
+
+    Method parameters are checked where the matrix is expanded, by building each attack / defense
+    once (:func:`build_method`): their ``Params`` models forbid unknown keys.
+    """
     datasets, models, attacks, defenses = _registries()
     for i, ds in enumerate(spec.datasets):
         if ds.name.lower() not in datasets and not _dataset_path(spec, ds.name).exists():
@@ -342,25 +346,11 @@ def check_spec(spec: Spec) -> None:
                 f"spec: attacks[{i}]: unknown attack {a.name!r}{_hint(a.name, attacks.names())}; "
                 f"available: {known}"
             )
-        fields = list(attacks.get(a.name).Params.model_fields)
-        for key in a.params:
-            if key not in fields:
-                raise ConfigError(
-                    f"spec: attacks[{i}].params: unknown key {key!r} for {a.name}; "
-                    f"allowed: {', '.join(fields)}"
-                )
     for i, d in enumerate(spec.defenses):
         name = d.name.lower()
         if name == ALL_DEFENSES:
             for key, value in d.params.items():
                 if key in defenses and isinstance(value, dict):
-                    fields = list(defenses.get(key).Params.model_fields)
-                    for pkey in value:
-                        if pkey not in fields:
-                            raise ConfigError(
-                                f"spec: defenses[{i}].params.{key}: unknown key {pkey!r} for {key}; "
-                                f"allowed: {', '.join(fields) or 'none'}"
-                            )
                     continue
                 if key in defenses:
                     raise ConfigError(f"spec: defenses[{i}].params.{key}: expected a mapping of parameters")
@@ -385,13 +375,6 @@ def check_spec(spec: Spec) -> None:
                 f"spec: defenses[{i}]: unknown defense {d.name!r}{_hint(d.name, defenses.names())}; "
                 f"available: {known}"
             )
-        fields = list(defenses.get(d.name).Params.model_fields)
-        for key in d.params:
-            if key not in fields:
-                raise ConfigError(
-                    f"spec: defenses[{i}].params: unknown key {key!r} for {d.name}; "
-                    f"allowed: {', '.join(fields) or 'none'}"
-                )
     if not spec.scenarios:
         raise ConfigError(f"spec: scenarios is empty; allowed: {', '.join(SCENARIOS)}")
     if spec.device != "auto":
@@ -743,10 +726,7 @@ def _attack_variants(spec: Spec) -> list[_Variant]:
             continue
         cls = attacks.get(name)
         for values, varied in expand_values(params, _param_sequence_keys(cls.Params)):
-            try:
-                attack = cls(**values)
-            except BackdoorkitError as exc:
-                raise ConfigError(f"spec: attacks[{i}]: {exc}") from None
+            attack = build_method(cls, values, f"attacks[{i}].params")
             described = canonical({k: v for k, v in attack.describe().items() if k != "attack"})
             # an attack listed in several entries names the parameters each entry gives
             shown = values if repeated[name] > 1 else varied
@@ -823,7 +803,7 @@ def _defense_variants(spec: Spec) -> list[_Variant]:
                 dict(d.params),
                 d.label,
                 d.scenario,
-                where=f"defenses[{i}]",
+                where=f"defenses[{i}].params",
                 lenient=False,
                 repeated=counts[name] > 1,
             )
@@ -849,10 +829,10 @@ def _one_defense(
     out = []
     for values, varied in expand_values(params, _param_sequence_keys(cls.Params)):
         try:
-            defense = cls(**values)
-        except BackdoorkitError as exc:
+            defense = build_method(cls, values, where)
+        except ConfigError as exc:
             if not lenient:
-                raise ConfigError(f"spec: {where}: {exc}") from None
+                raise
             out.append(
                 _Variant(
                     "defense",
@@ -883,6 +863,21 @@ def _one_defense(
             )
         )
     return out
+
+
+def build_method(cls: Any, values: dict[str, Any], where: str) -> Any:
+    """``cls(**values)`` for an attack or defense class, ``where`` its parameters in the spec; a bad
+    parameter is a one-line :class:`ConfigError` ``"spec: <where> (<name>): ..."`` (an unknown key lists
+    the allowed ones, through :func:`format_validation_error` on the class's ``Params``)."""
+    owner = f"spec: {where}" + ("" if where.endswith(f".{cls.name}") else f" ({cls.name})")
+    try:
+        cls.Params.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, cls.Params, owner)) from None
+    try:
+        return cls(**values)
+    except BackdoorkitError as exc:
+        raise ConfigError(f"{owner}: {str(exc).removeprefix(cls.name + ': ')}") from None
 
 
 def _scenarios_of(cls: Any) -> list[str]:

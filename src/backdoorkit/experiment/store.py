@@ -1,4 +1,4 @@
-"""The results database: SQLite in WAL mode, one row per cell.
+"""The results database: SQLite in WAL mode, one row per cell, metrics in a long table.
 
 Crash safety and concurrency:
 
@@ -11,12 +11,16 @@ Crash safety and concurrency:
   so after a crash ``--resume`` reclaims the cells the dead run left ``running``;
 * results are written only by the run that holds the claim.
 
-Columns: the cell's coordinates (dataset, model, attack, defense labels, seed, clean fraction), the
-registered method names, scenario, status (``pending``, ``running``, ``done``, ``failed``,
-``skipped``), BA / ASR / quantised ASR / clean BA, detector metrics (AUROC, TPR at 1 % and 5 % FPR),
-isolation precision / recall, the defense's info and the cell description (JSON), wall time per stage
-(JSON), device, package versions (JSON), the error line and traceback, the skip reason, attempts and
-timestamps.
+Table ``cells``: the cell's coordinates (dataset, model, attack, defense labels, seed, clean fraction),
+the registered method names, scenario, status (``pending``, ``running``, ``done``, ``failed``,
+``skipped``), the defense's info and the cell description (JSON), wall time per stage (JSON), device,
+package versions (JSON), the error line and traceback, the skip reason, attempts and timestamps.
+
+Table ``metrics(cell_hash, name, value)``: every finite number of a result's ``metrics`` (BA, ASR,
+AUROC, a new defense's own score ...), whatever its name, so a new metric needs no schema change.
+
+Schema versions (``PRAGMA user_version``): 1 kept the metrics as columns of ``cells``; 2 (this one)
+has the long table.  A version-1 database is migrated when it is opened.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import os
 import platform
 import socket
@@ -34,17 +39,21 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from backdoorkit.errors import ConfigError
 from backdoorkit.experiment.spec import Cell, Plan
 from backdoorkit.jsonable import to_jsonable
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    import pandas
+
+SCHEMA_VERSION = 2
 HEARTBEAT_SECONDS = 5.0
 STALE_SECONDS = 60.0
 BUSY_TIMEOUT_MS = 60_000
 
-METRIC_COLUMNS = (
+WELL_KNOWN_METRICS = (
     "ba",
     "asr",
     "asr_quantized",
@@ -55,6 +64,8 @@ METRIC_COLUMNS = (
     "iso_precision",
     "iso_recall",
 )
+"""Metric names every row of :meth:`ResultStore.rows` carries as keys (``None`` when absent)."""
+COORDINATES = ("dataset", "model", "attack", "defense", "seed", "clean_fraction")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -82,15 +93,6 @@ CREATE TABLE IF NOT EXISTS cells (
     defense_kind TEXT,
     scenario TEXT,
     status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed', 'skipped')),
-    ba REAL,
-    asr REAL,
-    asr_quantized REAL,
-    clean_ba REAL,
-    auroc REAL,
-    tpr_at_1fpr REAL,
-    tpr_at_5fpr REAL,
-    iso_precision REAL,
-    iso_recall REAL,
     info TEXT,
     cell TEXT,
     stage_seconds TEXT,
@@ -108,6 +110,12 @@ CREATE TABLE IF NOT EXISTS cells (
 );
 CREATE INDEX IF NOT EXISTS cells_spec ON cells (spec_hash);
 CREATE INDEX IF NOT EXISTS cells_status ON cells (status);
+CREATE TABLE IF NOT EXISTS metrics (
+    cell_hash TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (cell_hash, name)
+);
 """
 
 
@@ -126,14 +134,52 @@ def versions() -> dict[str, str]:
     }
 
 
-def _finite(value: Any) -> float | None:
-    if value is None:
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float (numbers, numpy / torch scalars), else ``None``."""
+    if not isinstance(value, numbers.Real) and not hasattr(value, "item"):
         return None
     try:
         f = float(value)
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
+
+
+def _migrate_v1(con: sqlite3.Connection) -> None:
+    """Version 1 -> 2: the metric columns of ``cells`` move into the long ``metrics`` table."""
+    columns = {row[1] for row in con.execute("PRAGMA table_info(cells)")}
+    for name in WELL_KNOWN_METRICS:
+        if name in columns:
+            con.execute(
+                f"INSERT OR REPLACE INTO metrics (cell_hash, name, value) "
+                f"SELECT cell_hash, ?, {name} FROM cells WHERE {name} IS NOT NULL",
+                (name,),
+            )
+            con.execute(f"ALTER TABLE cells DROP COLUMN {name}")
+
+
+def check_results_db(path: Path) -> None:
+    """Raise a one-line :class:`ConfigError` unless ``path`` is a results database (read-only: a file
+    that is not one is never written to)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such results database")
+    # through SQLite only: closing a plain file handle on the database would drop this process's locks
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = int(con.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"{path}: not a results database ({exc})") from None
+    if not {"runs", "cells"} <= tables:
+        raise ConfigError(f"{path}: not a results database (no cells table)")
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"{path}: results database of schema version {version}; this backdoorkit reads up to "
+            f"{SCHEMA_VERSION} (upgrade backdoorkit)"
+        )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -147,15 +193,29 @@ def _pid_alive(pid: int) -> bool:
 
 
 class ResultStore:
-    """The SQLite results database of one or more experiment runs."""
+    """The SQLite results database of one or more experiment runs.
 
-    def __init__(self, path: str | Path) -> None:
+    ``create=False`` opens only an existing results database (checked read-only first, see
+    :func:`check_results_db`), for readers such as ``backdoorkit report``.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_file() and self.path.stat().st_size:
+                check_results_db(self.path)
+        else:
+            check_results_db(self.path)
         self._local = threading.local()
-        con = self._con()
-        con.executescript(_SCHEMA)
-        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        with self.transaction() as con:
+            version = int(con.execute("PRAGMA user_version").fetchone()[0])
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    con.execute(statement)
+            if version < SCHEMA_VERSION:
+                _migrate_v1(con)  # a no-op on a new database
+                con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ connections
     def _con(self) -> sqlite3.Connection:
@@ -344,11 +404,13 @@ class ResultStore:
         """Forget the results of these cells (``--force``): they become ``pending`` again."""
         with self.transaction() as con:
             for h in hashes:
-                con.execute(
+                cur = con.execute(
                     "UPDATE cells SET status = 'pending', error = NULL, traceback = NULL, run_id = NULL "
                     "WHERE cell_hash = ? AND status != 'skipped'",
                     (h,),
                 )
+                if cur.rowcount:
+                    con.execute("DELETE FROM metrics WHERE cell_hash = ?", (h,))
 
     def claim(self, cell_hash: str, run_id: str, *, retry_failed: bool = False) -> bool:
         """Atomically take a cell for ``run_id``; ``False`` if it is done, skipped or held by a live run."""
@@ -371,6 +433,7 @@ class ResultStore:
                 "error = NULL, traceback = NULL WHERE cell_hash = ?",
                 (run_id, time.time(), cell_hash),
             )
+            con.execute("DELETE FROM metrics WHERE cell_hash = ?", (cell_hash,))
             return True
 
     def release(self, cell_hash: str, run_id: str) -> None:
@@ -383,52 +446,88 @@ class ResultStore:
             )
 
     def finish(self, cell_hash: str, run_id: str, result: dict[str, Any]) -> bool:
-        """Write a cell's outcome (``done`` or ``failed``); only the run holding the claim can."""
-        metrics = result.get("metrics", {})
-        values: dict[str, Any] = {k: _finite(metrics.get(k)) for k in METRIC_COLUMNS}
-        values.update(
-            status=result["status"],
-            info=json.dumps(to_jsonable(result.get("info", {})), sort_keys=True, allow_nan=False),
-            stage_seconds=json.dumps(result.get("stages", {}), sort_keys=True),
-            wall_seconds=_finite(result.get("seconds")),
-            device=result.get("device"),
-            versions=json.dumps(result.get("versions") or versions(), sort_keys=True),
-            error=result.get("error"),
-            traceback=result.get("traceback"),
-            finished_at=time.time(),
-        )
+        """Write a cell's outcome (``done`` or ``failed``); only the run holding the claim can.
+
+        Every finite number in ``result["metrics"]`` is stored under its name (others are dropped);
+        the cell's earlier metric rows are replaced.
+        """
+        given = {str(k): _number(v) for k, v in (result.get("metrics") or {}).items()}
+        metrics = {k: v for k, v in given.items() if v is not None}
+        values: dict[str, Any] = {
+            "status": result["status"],
+            "info": json.dumps(to_jsonable(result.get("info", {})), sort_keys=True, allow_nan=False),
+            "stage_seconds": json.dumps(to_jsonable(result.get("stages", {})), sort_keys=True),
+            "wall_seconds": _number(result.get("seconds")),
+            "device": result.get("device"),
+            "versions": json.dumps(to_jsonable(result.get("versions") or versions()), sort_keys=True),
+            "error": result.get("error"),
+            "traceback": result.get("traceback"),
+            "finished_at": time.time(),
+        }
         cols = ", ".join(f"{k} = ?" for k in values)
         with self.transaction() as con:
             cur = con.execute(
                 f"UPDATE cells SET {cols} WHERE cell_hash = ? AND run_id = ? AND status = 'running'",
                 (*values.values(), cell_hash, run_id),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            con.execute("DELETE FROM metrics WHERE cell_hash = ?", (cell_hash,))
+            con.executemany(
+                "INSERT INTO metrics (cell_hash, name, value) VALUES (?, ?, ?)",
+                [(cell_hash, k, v) for k, v in metrics.items()],
+            )
+            return True
 
     # ------------------------------------------------------------------ reading
-    def rows(self, spec_hash: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        """All rows (optionally of one spec / status) as dicts, JSON columns decoded."""
-        sql = "SELECT * FROM cells"
-        args: list[Any] = []
-        where = []
+    def _where(self, spec_hash: str | None, status: str | None) -> tuple[str, list[Any]]:
+        where, args = [], []
         if spec_hash:
-            where.append("spec_hash LIKE ?")
+            where.append("c.spec_hash LIKE ?")
             args.append(f"{spec_hash}%")
         if status:
-            where.append("status = ?")
+            where.append("c.status = ?")
             args.append(status)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at, rowid"
+        return (" WHERE " + " AND ".join(where) if where else ""), args
+
+    def rows(self, spec_hash: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """All rows (optionally of one spec / status) as dicts, JSON columns decoded.
+
+        Each row has its ``metrics`` dict and, for the names in :data:`WELL_KNOWN_METRICS`, the value
+        (or ``None``) as a key of its own (``row["ba"]``).
+        """
+        where, args = self._where(spec_hash, status)
+        con = self._con()
+        metrics: dict[str, dict[str, float]] = {}
+        for m in con.execute(
+            f"SELECT m.cell_hash, m.name, m.value FROM metrics m JOIN cells c USING (cell_hash){where}", args
+        ):
+            metrics.setdefault(m["cell_hash"], {})[m["name"]] = float(m["value"])
         out = []
-        for row in self._con().execute(sql, args):
+        for row in con.execute(f"SELECT * FROM cells c{where} ORDER BY c.created_at, c.rowid", args):
             d = dict(row)
             for key in ("info", "cell", "stage_seconds", "versions"):
                 if d.get(key):
                     with suppress(json.JSONDecodeError):
                         d[key] = json.loads(d[key])
+            d["metrics"] = metrics.get(d["cell_hash"], {})
+            for name in WELL_KNOWN_METRICS:
+                d[name] = d["metrics"].get(name)
             out.append(d)
         return out
+
+    def metrics_frame(self, spec_hash: str | None = None) -> pandas.DataFrame:
+        """The metrics as a long :class:`pandas.DataFrame`: one row per cell x metric, with the cell's
+        hash, coordinates, defense kind, scenario and status, ``name`` and ``value``."""
+        import pandas as pd
+
+        where, args = self._where(spec_hash, None)
+        sql = (
+            "SELECT c.cell_hash, " + ", ".join(f"c.{k}" for k in COORDINATES) + ", c.defense_kind, "
+            "c.scenario, c.status, m.name, m.value FROM metrics m JOIN cells c USING (cell_hash)"
+            f"{where} ORDER BY c.created_at, c.rowid, m.name"
+        )
+        return pd.read_sql_query(sql, self._con(), params=args)
 
     def counts(self, hashes: Sequence[str] | None = None) -> dict[str, int]:
         con = self._con()
@@ -440,9 +539,6 @@ class ResultStore:
         for status in self.statuses(hashes).values():
             out[status] = out.get(status, 0) + 1
         return out
-
-    def integrity(self) -> str:
-        return str(self._con().execute("PRAGMA integrity_check").fetchone()[0])
 
 
 def cell_json(cell: Cell) -> dict[str, Any]:
