@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded digits data and models trained once per test session.
+"""Shared fixtures: the embedded digits data and models trained once per test session (content-keyed:
+the same data + recipe + seed is trained once, whichever test file asks first).
 
 Training recipe used across the suite (about 20 s on 2 CPU cores): ResNet-18 at width 8, 8 epochs,
 one-cycle SGD lr 0.05, batch 128, no augmentation (the digits recipe of ``backdoorkit.pipeline``).
@@ -6,6 +7,7 @@ one-cycle SGD lr 0.05, batch 128, no augmentation (the digits recipe of ``backdo
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -14,7 +16,9 @@ import torch
 os.environ.setdefault("BACKDOORKIT_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache", "test"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+from backdoorkit.cache import hash_key  # noqa: E402
 from backdoorkit.data import ImageSet, load_dataset  # noqa: E402
+from backdoorkit.data.fingerprint import fingerprint  # noqa: E402
 from backdoorkit.pipeline import recipe_for, train_model  # noqa: E402
 
 TEST_ARCH = "resnet18"
@@ -36,11 +40,22 @@ def digits_test(digits: tuple[ImageSet, ImageSet]) -> ImageSet:
     return digits[1]
 
 
+_TRAINED: dict[str, torch.nn.Module] = {}
+"""Models trained in this test session, keyed by what determines them (see :func:`train_digits`)."""
+
+
 def train_digits(data: ImageSet, seed: int = 0, **overrides: object) -> torch.nn.Module:
-    """ResNet-18 (width 8) trained with the digits recipe."""
+    """ResNet-18 (width 8) trained with the digits recipe, once per session for the same content.
+
+    The key is the training data's content fingerprint, the full training config, the seed and the
+    architecture, so every test (in any file) asking for the same model shares one training run; each
+    caller gets its own copy, free to modify.
+    """
     cfg = recipe_for(data, **overrides)
-    model, _ = train_model(TEST_ARCH, data, cfg, seed=seed, width=TEST_WIDTH)
-    return model
+    key = hash_key(fingerprint(data), cfg.model_dump(mode="json"), seed, TEST_ARCH, TEST_WIDTH)
+    if key not in _TRAINED:
+        _TRAINED[key], _ = train_model(TEST_ARCH, data, cfg, seed=seed, width=TEST_WIDTH)
+    return copy.deepcopy(_TRAINED[key])
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from torch import nn
 from backdoorkit.attacks import build_attack
 from backdoorkit.data import ImageSet
 from backdoorkit.metrics import backdoor_metrics, benign_accuracy
-from backdoorkit.pipeline import recipe_for, train_model
+from conftest import train_digits
 
 
 def test_badnets_digits_asr_and_ba(
@@ -23,7 +23,7 @@ def test_badnets_digits_asr_and_ba(
     assert bool((poisoned.data.x[poisoned.mask][..., -3:, -3:] == 255).all())
 
     # the digits recipe at width 8, exactly as the clean_model fixture (conftest) is trained
-    model, _ = train_model("resnet18", poisoned.data, recipe_for(poisoned.data), seed=0, width=8)
+    model = train_digits(poisoned.data, seed=0)  # shared with every test asking for the same model
     metrics = backdoor_metrics(model, digits_test, attack)
     clean_ba = benign_accuracy(clean_model, digits_test)
     assert metrics["asr"] >= 0.90, metrics

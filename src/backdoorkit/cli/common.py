@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from backdoorkit.data import ImageSet, load_dataset
+from backdoorkit.jsonable import to_jsonable
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -33,19 +34,9 @@ def load_splits(
     return train, test
 
 
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 def emit_json(obj: dict[str, Any]) -> None:
     """Print one JSON object on stdout (NaN becomes null)."""
-    typer.echo(json.dumps(_clean(obj), sort_keys=False, default=str))
+    typer.echo(json.dumps(to_jsonable(obj), sort_keys=False))
 
 
 def pct(value: float | None) -> str:
@@ -73,16 +64,3 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
         except yaml.YAMLError:
             raise ConfigError(f"parameter {item!r}: cannot parse the value") from None
     return out
-
-
-def rate_value(poison_rate: float | None) -> float | int | None:
-    """``--poison-rate``: a fraction below 1, or a whole count from 1 up."""
-    if poison_rate is None:
-        return None
-    from backdoorkit.errors import ConfigError
-
-    if poison_rate >= 1:
-        if poison_rate != int(poison_rate):
-            raise ConfigError(f"--poison-rate {poison_rate}: a fraction is below 1, a count a whole number")
-        return int(poison_rate)
-    return float(poison_rate)

@@ -1,14 +1,21 @@
-"""``backdoorkit defend`` (any model-repair defense) and ``backdoorkit scan-skips``.
+"""``backdoorkit defend`` (every defense kind), ``detect`` / ``inspect`` (its aliases for detectors and
+inspectors) and ``backdoorkit scan-skips``.
 
-``defend`` loads a model file, takes the defender's clean samples as a stratified fraction of the
-dataset's *training* split, runs a registered :class:`~backdoorkit.defenses.base.ModelRepair` defense
-and prints BA (and ASR, when ``--attack`` names the attack to evaluate) before and after.  The
-evaluation attack is never passed to the defense.  ``--json`` prints one object::
+``defend`` dispatches on the defense's kind, i.e. on the scenario it serves:
 
-    {"before": {"ba": .., "asr": ..}, "after": {"ba": .., "asr": ..},
-     "defense": name, "params": {...}, "info": {...}, "seconds": ..}
+* model repair (S1): ``--model`` is a model file; the defender's clean samples are a stratified
+  ``--clean-fraction`` of the dataset's *training* split; BA / ASR before and after;
+* robust training (S2 / S3): ``--model`` is an architecture; the training split is poisoned with
+  ``--attack`` (the untrusted set), ``--holdout`` of it is split off first as the defender's clean
+  holdout (0: scenario S3); ``before`` is the same architecture trained normally on the same
+  poisoned set; ``isolation`` {precision, recall} where the defense isolates rows;
+* input detector (S1): detection metrics on clean vs triggered test images (``auroc``,
+  ``tpr_at_1fpr``, ``tpr_at_5fpr``, ``threshold``), and with ``--reject`` the guarded model's BA / ASR;
+* model inspector (S1): the verdict (``infected``, ``target``, ``anomaly_index``).
 
-with BA / ASR as fractions in [0, 1] (``asr`` is null without ``--attack``).
+The evaluation attack, the test set and the poisoned mask are never passed to the defense.  ``--json``
+prints one object: ``{"before": {"ba", "asr"}, "after": {...}, "defense", "kind", "params", "info",
+"metrics", "seconds", ...}`` with BA / ASR as fractions in [0, 1] (``asr`` null without ``--attack``).
 
 ``scan-skips`` writes the skip scan of a model (BA and ASR as each skip is suppressed; SSFT's
 Figure 1) as CSV, JSON and PNG into a folder.
@@ -33,7 +40,11 @@ from backdoorkit.cli.common import (
     parse_params,
     pct,
 )
-from backdoorkit.errors import ConfigError, ModelFileError
+from backdoorkit.data import parse_amount
+from backdoorkit.errors import ConfigError, ModelFileError, ScenarioError
+from backdoorkit.scenarios import needs_text
+
+MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 def _load_checked(path: Path, num_classes: int, device: str) -> Any:
@@ -74,23 +85,40 @@ def _metrics(net: Any, test: Any, atk: Any) -> dict[str, float | None]:
     return {"ba": benign_accuracy(net, test), "asr": attack_success_rate(net, test, atk) if atk else None}
 
 
-def _clean_amount(fraction: float) -> float | int:
-    if fraction <= 0:
-        raise ConfigError(f"--clean-fraction must be positive, got {fraction}")
-    if fraction >= 1:
-        if fraction != int(fraction):
-            raise ConfigError(f"--clean-fraction {fraction}: a fraction in (0, 1) or a whole count")
-        return int(fraction)
-    return float(fraction)
+def _is_model_file(model: str) -> bool:
+    return Path(model).suffix.lower() in MODEL_SUFFIXES or Path(model).is_file()
+
+
+def _defense_for(name: str, params: list[str] | None, kinds: tuple[str, ...], command: str) -> Any:
+    from backdoorkit.defenses import DEFENSES, build_defense
+
+    cls = DEFENSES.get(name)
+    if cls.kind not in kinds:
+        allowed = ", ".join(n for n in DEFENSES.names() if DEFENSES.get(n).kind in kinds)
+        raise ConfigError(
+            f"{command} runs {' / '.join(kinds)} methods; {name} is a {cls.kind} defense "
+            f"(try: {allowed or 'none registered'})"
+        )
+    return build_defense(name, **parse_params(params))
 
 
 @app.command()
 def defend(
-    defense: str = typer.Option(..., "--defense", help="A model-repair defense (ssft, ft_all ...)."),
-    model: Path = typer.Option(..., "--model", "-m", help="The suspicious model (.safetensors + sidecar)."),
+    defense: str = typer.Option(
+        ..., "--defense", help="A registered defense of any kind (ssft, ft_all ...)."
+    ),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Model file (repair, detector, inspector) or architecture (robust training).",
+    ),
     dataset: str = typer.Option("digits", "--dataset", "-d", help="Registered dataset name or path."),
     clean_fraction: float = typer.Option(
-        0.1, "--clean-fraction", help="Clean samples: fraction (<1) or count (>=1) of the train split."
+        0.1, "--clean-fraction", help="S1 clean samples: fraction (<1) or count (>=1) of the train split."
+    ),
+    holdout: float = typer.Option(
+        0.05, "--holdout", help="Robust training: clean holdout split off the train split (0: scenario S3)."
     ),
     defense_param: list[str] | None = typer.Option(
         None, "--defense-param", "-P", help="A defense parameter as key=value (repeatable), e.g. -P lr=0.05."
@@ -100,68 +128,217 @@ def defend(
     ),
     param: list[str] | None = ParamOpt,
     target: int = typer.Option(0, "--target", help="Target class of the evaluation attack."),
+    poison_rate: float | None = typer.Option(
+        None, "--poison-rate", help="Robust training: poison rate, fraction (<1) or count (>=1)."
+    ),
     attack_seed: int | None = typer.Option(
         None, "--attack-seed", help="Seed of the evaluation trigger (default: the model's seed, else 0)."
     ),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Save the repaired model here (.safetensors)."),
+    width: int | None = typer.Option(None, "--width", help="Robust training: the architecture's width."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Robust training: epochs of the recipe."),
+    reject: bool = typer.Option(False, "--reject", help="Detectors: report the guarded model's BA / ASR."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Save the defended model here (.safetensors)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the clean-sample draw and of the defense."),
     device: str = DeviceOpt,
     data_root: Path | None = DataRootOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Repair MODEL with a model-repair DEFENSE on clean training samples; print BA/ASR before and after."""
-    from backdoorkit.checkpoint import save_model
-    from backdoorkit.data import split_holdout
-    from backdoorkit.defenses import DEFENSES, ModelRepair, build_defense
+    """Run DEFENSE in the scenario it serves; print BA/ASR before and after (or its detection / verdict)."""
+    d = _defense_for(defense, defense_param, ("repair", "training", "detector", "inspector"), "defend")
+    common = {"dataset": dataset, "data_root": data_root, "seed": seed, "device": device}
+    if d.kind == "training":
+        if _is_model_file(model):
+            raise ScenarioError(
+                f"{d.name} is robust training: it needs {needs_text(d.scenarios)}, not a model file "
+                f"(scenario S1); pass an architecture as --model (e.g. resnet18) and --attack"
+            )
+        summary = run_training(d, model, attack, param, target, poison_rate, holdout, width, epochs, **common)
+    else:
+        if not _is_model_file(model):
+            raise ScenarioError(
+                f"{d.name} is a {d.kind} defense for scenario S1 (a suspicious model and a small clean "
+                f"set): --model must be a model file, not {model!r}"
+            )
+        summary = run_on_model(d, Path(model), attack, param, target, attack_seed, clean_fraction, **common)
+    _finish(d, summary, out, reject, json_out, model, dataset)
 
-    cls = DEFENSES.get(defense)
-    if not issubclass(cls, ModelRepair):
-        raise ConfigError(
-            f"defend runs model-repair defenses (scenario S1); {defense} is a {cls.kind} defense"
-        )
-    d = build_defense(defense, **parse_params(defense_param))
+
+def run_on_model(
+    d: Any,
+    model: Path,
+    attack: str | None,
+    param: list[str] | None,
+    target: int,
+    attack_seed: int | None,
+    clean_fraction: float,
+    *,
+    dataset: str,
+    data_root: Path | None,
+    seed: int,
+    device: str,
+) -> dict[str, Any]:
+    """Scenario S1: a model file and clean training samples; ``before`` / ``after`` and the metrics."""
+    from backdoorkit.data import split_holdout
+    from backdoorkit.defenses import DefenseInputs
+
     train_set, test_set = load_splits(dataset, data_root)
     net = _load_checked(model, train_set.num_classes, device)
-    _, clean = split_holdout(train_set, _clean_amount(clean_fraction), seed, name="clean")
+    amount = parse_amount(clean_fraction, "--clean-fraction", positive=True)
+    _, clean = split_holdout(train_set, amount, seed, name="clean")
     atk = _eval_attack(attack, target, param, train_set, _attack_seed(attack_seed, net))
-
     before = _metrics(net, test_set, atk)
-    result = d.repair(net, clean, seed=seed, device=device)  # type: ignore[attr-defined]
-    after = _metrics(result.model, test_set, atk)
+    result = d.run(DefenseInputs("S1", model=net, clean=clean, seed=seed, device=device))
+    scored = d.evaluate(result, test_set, atk)
+    return {
+        "before": before,
+        "after": {"ba": scored.get("ba"), "asr": scored.get("asr")},
+        "result": result,
+        "metrics": scored,
+        "clean_samples": len(clean),
+        "source": str(model),
+    }
+
+
+def run_training(
+    d: Any,
+    arch: str,
+    attack: str | None,
+    param: list[str] | None,
+    target: int,
+    poison_rate: float | None,
+    holdout: float,
+    width: int | None,
+    epochs: int | None,
+    *,
+    dataset: str,
+    data_root: Path | None,
+    seed: int,
+    device: str,
+) -> dict[str, Any]:
+    """Scenarios S2 / S3: poison the training split, train normally (``before``) and with the defense."""
+    from backdoorkit.attacks import build_attack
+    from backdoorkit.data import split_holdout
+    from backdoorkit.defenses import DefenseInputs
+    from backdoorkit.pipeline import make_model, recipe_for, train_victim
+
+    train_set, test_set = load_splits(dataset, data_root)
+    hold = None
+    if holdout > 0:
+        rest, hold = split_holdout(train_set, parse_amount(holdout, "--holdout", positive=True), seed)
+    else:
+        rest = train_set
+    atk = None
+    if attack is not None:
+        params = parse_params(param)
+        if poison_rate is not None:
+            params["rate"] = parse_amount(poison_rate, "--poison-rate")
+        atk = build_attack(attack, target=target, **params)
+        poisoned = atk.poison(rest, seed=seed)
+    elif param or poison_rate is not None:
+        raise ConfigError("-p/--param and --poison-rate set the attack; give --attack too")
+    else:
+        import torch
+
+        from backdoorkit.attacks import PoisonedSet
+
+        poisoned = PoisonedSet(rest, torch.zeros(len(rest), dtype=torch.bool), "none")
+    cfg = recipe_for(poisoned.data, epochs=epochs, seed=seed, device=device)
+
+    def factory() -> Any:
+        return make_model(arch, poisoned.data, width=width, seed=seed)
+
+    plain = train_victim(atk, factory, poisoned, cfg)
+    before = _metrics(plain, test_set, atk)
+    scenario = "S2" if hold is not None else "S3"
+    inputs = DefenseInputs(
+        scenario,
+        untrusted=poisoned.data,
+        clean=hold,
+        model_factory=factory,
+        config=cfg,
+        seed=seed,
+        device=device,
+    )
+    result = d.run(inputs)
+    scored = d.evaluate(result, test_set, atk, mask=poisoned.mask)
     summary: dict[str, Any] = {
         "before": before,
-        "after": after,
-        "defense": d.name,
-        "params": d.params.model_dump(mode="json"),
-        "info": result.info,
-        "seconds": result.seconds,
-        "clean_samples": len(clean),
+        "after": {"ba": scored.get("ba"), "asr": scored.get("asr")},
+        "result": result,
+        "metrics": scored,
+        "scenario": scenario,
+        "holdout": len(hold) if hold is not None else 0,
+        "poisoned": poisoned.count,
+        "source": arch,
     }
+    if "iso_precision" in scored:
+        summary["isolation"] = {"precision": scored["iso_precision"], "recall": scored["iso_recall"]}
+    return summary
+
+
+def _finish(
+    d: Any, summary: dict[str, Any], out: Path | None, reject: bool, json_out: bool, model: str, dataset: str
+) -> None:
+    """Save, then print the summary as JSON or as lines."""
+    from backdoorkit.checkpoint import save_model
+
+    result = summary.pop("result")
+    metrics = summary["metrics"]
+    if d.kind == "detector":
+        summary.update({k: metrics.get(k) for k in ("auroc", "tpr_at_1fpr", "tpr_at_5fpr", "threshold")})
+        if reject:
+            summary["guarded"] = {"ba": metrics.get("ba"), "asr": metrics.get("asr")}
+        summary["after"] = summary["before"]  # a detector does not change the model
+    if d.kind == "inspector":
+        v = result.verdict
+        summary.update(infected=bool(v.infected), target=v.target, anomaly_index=v.anomaly_index)
+        summary["after"] = summary["before"]
+    summary.update(
+        defense=d.name,
+        kind=d.kind,
+        params=d.params.model_dump(mode="json"),
+        info=result.info,
+        seconds=result.seconds,
+    )
     if out is not None:
-        path = save_model(
-            result.model,
-            out,
-            config={
-                "command": "defend",
-                "defense": d.describe(),
-                "source": str(model),
-                "dataset": dataset,
-                "clean_fraction": clean_fraction,
-                "seed": seed,
-            },
-        )
-        summary["out"] = str(path)
+        if d.kind not in ("repair", "training"):
+            raise ConfigError(f"--out saves a defended model; {d.name} ({d.kind}) produces none")
+        config = {"command": "defend", "defense": d.describe(), "source": model, "dataset": dataset}
+        summary["out"] = str(save_model(result.model, out, config=config))
     if json_out:
         emit_json(summary)
         return
-    console.print(f"[bold]{d.name}[/] on {model.name}: {len(clean)} clean samples, {result.seconds:.1f}s")
+    _print(d, summary)
+
+
+def _print(d: Any, summary: dict[str, Any]) -> None:
+    before, after = summary["before"], summary["after"]
+    console.print(f"[bold]{d.name}[/] ({d.kind}) on {summary['source']}: {summary['seconds']:.1f}s")
     for key in ("layers", "gammas"):
-        if result.info.get(key):
-            console.print(f"{key}: {result.info[key]}")
+        if summary["info"].get(key):
+            console.print(f"{key}: {summary['info'][key]}")
+    if d.kind == "detector":
+        console.print(
+            f"AUROC {summary.get('auroc')}  TPR@1%FPR {summary.get('tpr_at_1fpr')}  "
+            f"TPR@5%FPR {summary.get('tpr_at_5fpr')}  threshold {summary.get('threshold')}"
+        )
+        if "guarded" in summary:
+            g = summary["guarded"]
+            console.print(f"guarded: BA {pct(g['ba'])} %, ASR {pct(g['asr'])} % (rejected inputs removed)")
+        return
+    if d.kind == "inspector":
+        console.print(
+            f"infected {summary['infected']}  target {summary['target']}  "
+            f"anomaly index {summary['anomaly_index']}"
+        )
+        return
     console.print(f"BA  {pct(before['ba'])} % -> {pct(after['ba'])} %")
-    if atk is not None:
+    if before.get("asr") is not None:
         console.print(f"ASR {pct(before['asr'])} % -> {pct(after['asr'])} %")
-    if out is not None:
+    if "isolation" in summary:
+        iso = summary["isolation"]
+        console.print(f"isolation precision {pct(iso['precision'])} %, recall {pct(iso['recall'])} %")
+    if "out" in summary:
         console.print(f"saved {summary['out']}")
 
 

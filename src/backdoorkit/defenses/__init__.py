@@ -9,16 +9,17 @@ from typing import Any
 
 from backdoorkit.defenses.base import (
     Defense,
+    DefenseInputs,
     DefenseParams,
     DefenseResult,
     InputDetector,
     ModelInspector,
     ModelRepair,
     RobustTraining,
-    Scenario,
     Verdict,
 )
 from backdoorkit.registry import Registry
+from backdoorkit.scenarios import Scenario
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 
@@ -47,6 +48,7 @@ _import_all()
 __all__ = [
     "DEFENSES",
     "Defense",
+    "DefenseInputs",
     "DefenseParams",
     "DefenseResult",
     "InputDetector",

@@ -11,24 +11,17 @@ Stages and their cache entries (:class:`~backdoorkit.cache.ArtifactCache` kinds)
    key = data fingerprint + attack (all parameters) + seed;
 4. ``backdoor_model`` (kind ``backdoored_model``): the victim's model trained on the poisoned set;
    key = poisoned key + model + training config + seed;
-5. ``defense`` (kind ``defended_model`` for repaired / retrained models, ``detector_scores`` for
-   detectors, ``verdict`` for inspectors): key = its inputs' keys + holdout fingerprint + defense
-   (all parameters) + scenario + seed;
-6. ``evaluate``: BA / ASR on the clean test set, and the runner-side scores a defense never sees.
+5. ``defense``: ``Defense.run(DefenseInputs)`` for every kind (cache kinds ``defended_model`` +
+   ``defended_extra`` for repaired / retrained models and their isolated rows, ``verdict`` for
+   inspectors; a fitted detector is cheap and is refitted); key = its inputs' keys + holdout
+   fingerprint + defense (all parameters) + scenario + seed;
+6. ``evaluate``: ``Defense.evaluate(result, test, attack, mask=poisoned mask)``, the evaluator's side.
 
-A defense receives only what its scenario gives it: S1 the backdoored model and the clean holdout,
-S2 the poisoned training set and the clean holdout, S3 the poisoned training set alone.  The test set,
-the trigger, the poisoned mask and the target are used only *here*, after the defense has run:
-
-* isolation defenses (``info["isolated"]``) are scored against the poisoned mask
-  (:func:`backdoorkit.metrics.isolation_metrics`);
-* detectors are fitted on model + holdout, then score the clean test images and the triggered
-  (ASR-eligible) test images: AUROC and TPR at 1 % / 5 % FPR.  Their BA / ASR are those of the model
-  *behind* the detector at the detector's own threshold: a flagged input counts as rejected, so BA is
-  the fraction of clean test images accepted and classified correctly, ASR the fraction of triggered
-  images accepted and classified as the target;
-* inspectors give a verdict that is recorded (with whether the named target is right); BA / ASR are
-  the inspected model's.
+A defense receives only what its scenario gives it (:class:`~backdoorkit.defenses.base.DefenseInputs`):
+S1 the backdoored model and the clean holdout, S2 the poisoned training set and the clean holdout, S3
+the poisoned training set alone.  The test set, the trigger, the poisoned mask and the target are used
+only in step 6, after the defense has run; what each kind reports is documented on its ``evaluate``
+(:mod:`backdoorkit.defenses.base`).  There is no per-kind code here.
 """
 
 from __future__ import annotations
@@ -47,13 +40,10 @@ from torch import nn
 from backdoorkit.cache import ArtifactCache, hash_key
 from backdoorkit.data import ImageSet, load_dataset, resolve_count, split_holdout, stratified_indices
 from backdoorkit.data.fingerprint import fingerprint
-from backdoorkit.data.imageset import to_pixels
-from backdoorkit.errors import ModelFileError, one_line
+from backdoorkit.errors import one_line
 from backdoorkit.experiment.spec import NO_ATTACK, NO_DEFENSE, Cell, DatasetRef
 from backdoorkit.experiment.store import versions
 from backdoorkit.jsonable import to_jsonable
-
-SCORE_CHUNK = 512
 
 
 @functools.lru_cache(maxsize=8)
@@ -76,7 +66,7 @@ def _sample(data: ImageSet, amount: int | float, what: str) -> ImageSet:
 
 def _config_identity(cfg: Any) -> dict[str, Any]:
     d = cfg.model_dump(mode="json")
-    for key in ("device", "progress"):
+    for key in ("device", "progress", "check_every"):
         d.pop(key, None)
     return d
 
@@ -122,34 +112,25 @@ class CellWork:
 
         return recipe_for(data, **self.cell.train, seed=self.cell.seed, device=self.cell.device)
 
-    def build(self, data: ImageSet, attack: Any = None) -> nn.Module:
+    def build(self, data: ImageSet) -> nn.Module:
+        """A fresh model of the cell's architecture for ``data`` (an attack's ``train_victim`` may change
+        its structure)."""
         from backdoorkit.pipeline import make_model
 
         m = self.cell.model
-        model = make_model(m["arch"], data, width=m["width"], seed=self.cell.seed, **dict(m["kwargs"]))
-        if attack is not None:
-            model = attack.prepare_model(model)
-        return model
+        return make_model(m["arch"], data, width=m["width"], seed=self.cell.seed, **dict(m["kwargs"]))
 
-    def _load(self, kind: str, key: str, data: ImageSet, attack: Any = None) -> nn.Module | None:
-        from backdoorkit.checkpoint import load_model
+    def _load(self, kind: str, key: str) -> nn.Module | None:
+        """A cached model rebuilt from its sidecar; ``None`` only when there is none.  A cached file that
+        cannot be rebuilt is an error (a silent miss would retrain and overwrite it)."""
+        return self.cache.get_model(kind, key, device=self.device)
 
-        path = self.cache.model_path(kind, key)
-        if not path.is_file():
-            return None
-        try:
-            return load_model(path, model=self.build(data, attack), device=self.device)
-        except ModelFileError:
-            try:
-                return load_model(path, device=self.device)
-            except ModelFileError:
-                return None
+    def _train(self, data: Any, attack: Any = None) -> nn.Module:
+        """Train the victim (``data`` a PoisonedSet, or the clean ImageSet) as its attack trains it."""
+        from backdoorkit.pipeline import train_victim
 
-    def _train(self, data: ImageSet, attack: Any = None) -> nn.Module:
-        from backdoorkit.train import fit
-
-        model = self.build(data, attack)
-        fit(model, data, self.config(data))
+        plain = data.data if hasattr(data, "mask") else data
+        model = train_victim(attack, lambda: self.build(plain), data, self.config(plain))
         return model.to(self.device).eval()
 
     # ------------------------------------------------------------------ artefacts
@@ -164,7 +145,7 @@ class CellWork:
             self.cell.seed,
         )
         with self.stage("clean_model"):
-            model = self._load("clean_model", key, rest)
+            model = self._load("clean_model", key)
             if model is None:
                 model = self._train(rest)
                 self.cache.put_model(
@@ -189,7 +170,7 @@ class CellWork:
             tensors = self.cache.get_tensors("poisoned", key)
             if tensors is not None and {"x", "y", "mask"} <= set(tensors):
                 meta = self.cache.meta("poisoned", key) or {}
-                attack.setup(rest, seed=seed)
+                attack.setup(rest, seed=seed, cache=self.cache)
                 data = rest.with_data(
                     tensors["x"].to(rest.device),
                     tensors["y"].to(rest.device),
@@ -204,7 +185,7 @@ class CellWork:
                 )
                 self.cached.append("poison")
             else:
-                ps = attack.poison(rest, seed=seed)
+                ps = attack.poison(rest, seed=seed, cache=self.cache)
                 self.cache.put_tensors(
                     "poisoned",
                     key,
@@ -228,9 +209,9 @@ class CellWork:
             "backdoored_model", pkey, self.cell.model, _config_identity(self.config(ps.data)), self.cell.seed
         )
         with self.stage("backdoor_model"):
-            model = self._load("backdoored_model", key, ps.data, attack)
+            model = self._load("backdoored_model", key)
             if model is None:
-                model = self._train(ps.data, attack)
+                model = self._train(ps, attack)
                 self.cache.put_model(
                     "backdoored_model",
                     key,
@@ -256,41 +237,21 @@ class CellWork:
                 metrics["clean_ba"] = benign_accuracy(clean, test)
         model, ps, attack, bkey = self.backdoored_model()
         info["poisoned_rows"] = ps.count
-        kind = cell.defense_kind
         if cell.defense == NO_DEFENSE:
             with self.stage("evaluate"):
                 metrics.update(backdoor_metrics(model, test, attack))
-        elif kind == "repair":
-            defended, dinfo = self._repair(model, ps.data, holdout, bkey, attack)
-            info.update(dinfo)
-            with self.stage("evaluate"):
-                metrics.update(backdoor_metrics(defended, test, attack))
-        elif kind == "training":
-            defended, dinfo = self._robust_train(ps, holdout)
-            isolated = dinfo.pop("isolated", None)
-            info.update(dinfo)
-            with self.stage("evaluate"):
-                metrics.update(backdoor_metrics(defended, test, attack))
-                if isolated is not None:
-                    from backdoorkit.metrics import isolation_metrics
-
-                    iso = isolation_metrics(torch.as_tensor(isolated), ps.mask)
-                    metrics["iso_precision"], metrics["iso_recall"] = iso["precision"], iso["recall"]
-                    info["isolated_count"] = iso["isolated"]
-        elif kind == "detector":
-            m, dinfo = self._detect(model, holdout, test, attack, bkey)
-            metrics.update(m)
-            info.update(dinfo)
-        elif kind == "inspector":
-            dinfo = self._inspect(model, holdout, bkey)
-            info.update(dinfo)
-            with self.stage("evaluate"):
-                metrics.update(backdoor_metrics(model, test, attack))
-                verdict = info.get("verdict", {})
-                if attack is not None and not attack.all2all and verdict.get("target") is not None:
-                    info["target_correct"] = int(verdict["target"]) == attack.target
-        else:  # pragma: no cover - the spec only produces the kinds above
-            raise RuntimeError(f"unknown defense kind {kind!r}")
+            return {"metrics": metrics, "info": info}
+        defense = self._defense()
+        result = self._defended(defense, model, ps, holdout, bkey)
+        with self.stage("evaluate"):
+            scored = defense.evaluate(result, test, attack, mask=ps.mask)
+        metrics.update(scored)
+        info.update(to_jsonable(result.info))
+        if result.verdict is not None:
+            info["verdict"] = _verdict_json(result.verdict)
+        for key in _INFO_MIRROR:  # a few evaluation numbers also read as part of the cell's story
+            if key in scored:
+                info[_INFO_MIRROR[key]] = bool(scored[key]) if key == "target_correct" else scored[key]
         return {"metrics": metrics, "info": info}
 
     # ------------------------------------------------------------------ defenses
@@ -311,159 +272,120 @@ class CellWork:
             self.cell.seed,
         )
 
-    def _repair(
-        self, model: nn.Module, ps_data: ImageSet, holdout: ImageSet | None, bkey: str, attack: Any
-    ) -> tuple[nn.Module, dict]:
-        key = self._defense_key("repair", bkey)
+    def _defended(self, defense: Any, model: nn.Module, ps: Any, holdout: ImageSet | None, bkey: str) -> Any:
+        """The defense's result for this cell: from the cache, or run on what the scenario gives."""
+        from backdoorkit.defenses.base import DefenseInputs
+
+        cell = self.cell
+        inputs = DefenseInputs(cell.scenario or "S1", seed=cell.seed, device=cell.device)
+        if defense.kind == "training":
+            cfg = self.config(ps.data)
+            given = holdout if cell.scenario == "S2" else None
+            key = self._defense_key(
+                "training",
+                hash_key("poisoned-data", fingerprint(ps.data)),
+                cell.model,
+                _config_identity(cfg),
+                fingerprint(given) if given is not None else None,
+            )
+            inputs.untrusted, inputs.clean, inputs.config = ps.data, given, cfg
+            inputs.model_factory = lambda: self.build(ps.data)
+        else:
+            if holdout is None:  # the planner never schedules this; a guard for direct use
+                raise RuntimeError(f"{cell.defense} needs a clean holdout (scenario S1)")
+            key = self._defense_key(defense.kind, bkey)
+            inputs.model, inputs.clean = model, holdout
         with self.stage("defense"):
-            cached = self._load("defended_model", key, ps_data, attack)
+            cached = self._load_result(defense.kind, key, model)
             if cached is not None:
                 self.cached.append("defense")
-                return cached, dict((self.cache.meta("defended_model", key) or {}).get("info") or {})
-            if holdout is None:  # the spec never plans this; a guard for direct use
-                raise RuntimeError(f"{self.cell.defense} needs a clean holdout (scenario S1)")
-            result = self._defense().repair(model, holdout, seed=self.cell.seed, device=self.cell.device)
-            info = to_jsonable(dict(result.info))
-            self.cache.put_model(
-                "defended_model",
-                key,
-                result.model,
-                meta={"info": info, "seconds": result.seconds, "cell": self.cell.hash},
-            )
-        return result.model.to(self.device).eval(), info
+                return cached
+            result = defense.run(inputs)
+            self._save_result(defense.kind, key, result)
+        if result.model is not None:
+            result.model = result.model.to(self.device).eval()
+        return result
 
-    def _robust_train(self, ps: Any, holdout: ImageSet | None) -> tuple[nn.Module, dict]:
-        given = holdout if self.cell.scenario == "S2" else None
-        cfg = self.config(ps.data)
-        pkey = hash_key("poisoned-data", fingerprint(ps.data))
-        key = self._defense_key(
-            "training",
-            pkey,
-            self.cell.model,
-            _config_identity(cfg),
-            fingerprint(given) if given is not None else None,
-        )
-        with self.stage("defense"):
-            cached = self._load("defended_model", key, ps.data)
-            if cached is not None:
-                self.cached.append("defense")
-                info = dict((self.cache.meta("defended_model", key) or {}).get("info") or {})
-                extra = self.cache.get_tensors("defended_extra", key)
-                if extra is not None and "isolated" in extra:
-                    info["isolated"] = extra["isolated"]
-                return cached, info
-            result = self._defense().train(
-                ps.data, given, model_factory=lambda: self.build(ps.data), config=cfg, seed=self.cell.seed
-            )
-            raw = dict(result.info)
-            isolated = raw.pop("isolated", None)
-            info = to_jsonable(raw)
-            if isolated is not None:
-                self.cache.put_tensors("defended_extra", key, {"isolated": torch.as_tensor(isolated).cpu()})
-            self.cache.put_model(
-                "defended_model",
-                key,
-                result.model,
-                meta={"info": info, "seconds": result.seconds, "cell": self.cell.hash},
-            )
-        if isolated is not None:
-            info = {**info, "isolated": isolated}
-        return result.model.to(self.device).eval(), info
-
-    def _triggered(self, test: ImageSet, attack: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float triggered images of the ASR-eligible test rows, and their attacker targets."""
-        eligible = attack.asr_mask(test.y.cpu())
-        x = test.x.cpu()[eligible]
-        y = test.y.cpu()[eligible]
-        parts = [
-            attack.apply(to_pixels(x[i : i + SCORE_CHUNK]).to(self.device)).cpu()
-            for i in range(0, len(x), SCORE_CHUNK)
-        ]
-        xt = torch.cat(parts) if parts else torch.empty(0, *test.image_shape)
-        return xt, attack.target_labels(y)
-
-    def _scores(self, detector: Any, x: torch.Tensor) -> torch.Tensor:
-        out = [
-            detector.score(to_pixels(x[i : i + SCORE_CHUNK]).to(self.device))
-            .detach()
-            .float()
-            .cpu()
-            .reshape(-1)
-            for i in range(0, len(x), SCORE_CHUNK)
-        ]
-        return torch.cat(out) if out else torch.empty(0)
-
-    def _detect(
-        self, model: nn.Module, holdout: ImageSet | None, test: ImageSet, attack: Any, bkey: str
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        from backdoorkit.metrics import backdoor_metrics, detection_metrics
-        from backdoorkit.train import predict_labels
-
-        key = self._defense_key("detector", bkey, fingerprint(test))
-        xt, target = self._triggered(test, attack) if attack is not None else (None, None)
-        with self.stage("defense"):
-            tensors = self.cache.get_tensors("detector_scores", key)
-            meta = self.cache.meta("detector_scores", key) or {}
-            if tensors is not None and "clean" in tensors:
-                self.cached.append("defense")
-                s_clean, s_trig = tensors["clean"], tensors.get("triggered")
-                threshold = meta.get("threshold")
-                info = dict(meta.get("info") or {})
-            else:
-                if holdout is None:
-                    raise RuntimeError(f"{self.cell.defense} needs a clean holdout (scenario S1)")
-                detector = self._defense().fit(model, holdout, seed=self.cell.seed)
-                s_clean = self._scores(detector, test.x)
-                s_trig = self._scores(detector, xt) if xt is not None else None
-                threshold = None if detector.threshold is None else float(detector.threshold)
-                info = to_jsonable(dict(getattr(detector, "info", {}) or {}))
-                store = {"clean": s_clean} | ({"triggered": s_trig} if s_trig is not None else {})
-                self.cache.put_tensors(
-                    "detector_scores",
-                    key,
-                    store,
-                    meta={"threshold": threshold, "info": info, "cell": self.cell.hash},
-                )
-        with self.stage("evaluate"):
-            raw = backdoor_metrics(model, test, attack)
-            info["model_ba"], info["model_asr"] = raw["ba"], raw.get("asr")
-            metrics: dict[str, Any] = {"asr_quantized": raw.get("asr_quantized")}
-            if s_trig is not None and len(s_trig) and len(s_clean):
-                metrics.update(detection_metrics(s_clean, s_trig))
-            if threshold is None:
-                info["note"] = "the detector set no threshold: BA/ASR are the model's"
-                metrics["ba"], metrics["asr"] = raw["ba"], raw.get("asr")
-            else:
-                info["threshold"] = threshold
-                flag_clean = s_clean > threshold
-                info["false_rejection"] = float(flag_clean.float().mean())
-                pred = predict_labels(model, test.x).cpu()
-                metrics["ba"] = float(((pred == test.y.cpu()) & ~flag_clean).float().mean())
-                if xt is not None and s_trig is not None and len(xt):
-                    flag_trig = s_trig > threshold
-                    info["detected"] = float(flag_trig.float().mean())
-                    pred_t = predict_labels(model, xt.to(self.device)).cpu()
-                    metrics["asr"] = float(((pred_t == target.cpu()) & ~flag_trig).float().mean())
-        return metrics, info
-
-    def _inspect(self, model: nn.Module, holdout: ImageSet | None, bkey: str) -> dict[str, Any]:
-        key = self._defense_key("inspector", bkey)
-        with self.stage("defense"):
-            meta = self.cache.meta("verdict", key)
-            if meta is not None and self.cache.has("verdict", key):
-                self.cached.append("defense")
-                return {"verdict": meta.get("verdict", {}), **(meta.get("info") or {})}
-            if holdout is None:
-                raise RuntimeError(f"{self.cell.defense} needs a clean holdout (scenario S1)")
-            v = self._defense().inspect(model, holdout, seed=self.cell.seed)
-            verdict = to_jsonable({"infected": bool(v.infected), "target": v.target, "scores": dict(v.scores)})
+    def _save_result(self, kind: str, key: str, result: Any) -> None:
+        meta = {
+            "info": to_jsonable(result.info),
+            "metrics": to_jsonable(result.metrics),
+            "seconds": result.seconds,
+            "cell": self.cell.hash,
+        }
+        if kind in ("repair", "training"):
+            if result.isolated is not None:
+                self.cache.put_tensors("defended_extra", key, {"isolated": result.isolated.cpu()})
+            self.cache.put_model("defended_model", key, result.model, meta=meta)
+        elif kind == "inspector" and result.verdict is not None:
+            v = result.verdict
             tensors = {"infected": torch.tensor([int(v.infected)])}
-            if v.trigger is not None:
-                tensors["trigger"] = v.trigger.detach().float().cpu()
-            if v.mask is not None:
-                tensors["mask"] = v.mask.detach().float().cpu()
-            self.cache.put_tensors("verdict", key, tensors, meta={"verdict": verdict, "cell": self.cell.hash})
-        return {"verdict": verdict}
+            for name in ("trigger", "mask"):
+                if getattr(v, name) is not None:
+                    tensors[name] = getattr(v, name).detach().float().cpu()
+            self.cache.put_tensors("verdict", key, tensors, meta={**meta, "verdict": _verdict_json(v)})
+
+    def _load_result(self, kind: str, key: str, model: nn.Module) -> Any:
+        from backdoorkit.defenses.base import DefenseResult, Verdict
+
+        if kind in ("repair", "training"):
+            loaded = self._load("defended_model", key)
+            if loaded is None:
+                return None
+            meta = self.cache.meta("defended_model", key) or {}
+            extra = self.cache.get_tensors("defended_extra", key) or {}
+            isolated = extra.get("isolated")
+            return DefenseResult(
+                loaded.to(self.device).eval(),
+                dict(meta.get("info") or {}),
+                float(meta.get("seconds") or 0.0),
+                isolated=isolated.bool() if isolated is not None else None,
+                metrics=dict(meta.get("metrics") or {}),
+            )
+        if kind == "inspector":
+            tensors = self.cache.get_tensors("verdict", key)
+            meta = self.cache.meta("verdict", key)
+            if tensors is None or meta is None:
+                return None
+            v = dict(meta.get("verdict") or {})
+            verdict = Verdict(
+                bool(v.get("infected")),
+                v.get("target"),
+                tensors.get("trigger"),
+                tensors.get("mask"),
+                dict(v.get("scores") or {}),
+                v.get("anomaly_index"),
+            )
+            return DefenseResult(
+                model,
+                dict(meta.get("info") or {}),
+                float(meta.get("seconds") or 0.0),
+                verdict=verdict,
+                metrics=dict(meta.get("metrics") or {}),
+            )
+        return None  # detectors are refitted (cheap, and their state is not a file)
+
+
+_INFO_MIRROR = {
+    "threshold": "threshold",
+    "false_rejection": "false_rejection",
+    "detected": "detected",
+    "model_ba": "model_ba",
+    "model_asr": "model_asr",
+    "isolated": "isolated_count",
+    "target_correct": "target_correct",
+}
+
+
+def _verdict_json(v: Any) -> dict[str, Any]:
+    return to_jsonable(
+        {
+            "infected": bool(v.infected),
+            "target": v.target,
+            "anomaly_index": v.anomaly_index,
+            "scores": v.scores,
+        }
+    )
 
 
 def execute(job: dict[str, Any]) -> dict[str, Any]:
