@@ -6,8 +6,11 @@ STAMP := $(VENV)/.backdoorkit-installed
 
 .PHONY: demo test lint bench clean
 
+DEMO_OUT ?= runs/demo
+
 demo: $(STAMP)
-	$(VENV)/bin/backdoorkit demo
+	$(VENV)/bin/backdoorkit demo --out $(DEMO_OUT)
+	@echo "HTML report: $(abspath $(DEMO_OUT))/report.html"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -280,14 +280,160 @@ def test_reduced_demo_runs_and_reports(tmp_path: Path) -> None:
         tmp_path / "demo", spec=spec, quiet=False, live=False, console=console, cache_dir=tmp_path / "cache"
     )
     printed = console.file.getvalue()
-    expected = [a for a in ("badnets", "blended", "wanet") if a in ATTACKS]
+    demo_attacks = [a.name for a in demo_spec().attacks]
+    assert "wanet" not in demo_attacks  # its ~6 % ASR on digits read as a broken demo (issue 11)
+    expected = [a for a in demo_attacks if a in ATTACKS]
     assert summary.failed == 0 and summary.done == len(expected)
     md = written["md"].read_text()
     for attack in expected:
         assert f"digits / {attack} BA" in md
         assert attack in printed
-    if len(expected) < 3:
+    if len(expected) < len(demo_attacks):
         assert "not registered" in md
+    html = written["html"].read_text()
+    assert written["html"].name == "report.html" and '<table class="main">' in html
+    assert "data:image/png;base64," in html and "Trigger gallery" in html
     assert (tmp_path / "demo" / "results.db").is_file()
     again, _ = run_demo(tmp_path / "demo", spec=spec, quiet=True, cache_dir=tmp_path / "cache")
     assert again.done == 0 and again.already == len(expected)
+
+
+# ---- paper numbers beside ours (issue 11, section 6) ----
+PAPER_YAML = """\
+source: "A paper, Table 1 (digits)"
+rows:
+  - {dataset: digits, attack: badnets, defense: none, ba: 99.1, asr: 100.0}
+  - {dataset: digits, attack: badnets, defense: strong, ba: 97.5, asr: 0.5, iso_recall: 88.0}
+  - {dataset: digits, attack: badnets, defense: clean, ba: 99.3}
+  - {dataset: digits, attack: badnets, defense: detect, auroc: 0.97}
+  - {dataset: digits, attack: wanet, defense: none, ba: 98.0, asr: 97.0}
+  - {dataset: digits, attack: badnets, defense: absent, ba: 1.0, asr: 1.0}
+"""
+
+
+def _paper(tmp_path: Path, text: str = PAPER_YAML, name: str = "table.paper.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_paper_numbers_beside_ours_in_md_csv_latex(db: Path, tmp_path: Path) -> None:
+    from backdoorkit.experiment.report import load_paper
+
+    table = build_table(load_rows(db), paper=load_paper(_paper(tmp_path)))
+    md = to_markdown(table)
+    header = next(line for line in md.splitlines() if line.startswith("| Defense"))
+    cols = [c.strip() for c in header.split("|")[1:-1]]
+    # the paper's columns sit beside ours, only in the column group the paper covers
+    assert cols[1:5] == [
+        "digits / badnets BA",
+        "digits / badnets BA (paper)",
+        "digits / badnets ASR",
+        "digits / badnets ASR (paper)",
+    ]
+    assert "digits / blended BA (paper)" not in header
+    main = md.split("\n\n")[1]  # the main table (the tables per kind come after the legend)
+    row = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in main.splitlines()
+    }
+    assert row["none"][1] == "99.1" and row["none"][3] == "100.0"
+    assert row["strong"][1] == "97.5" and row["strong"][3] == "0.5"
+    assert row["(clean model)"][1] == "99.3" and row["(clean model)"][3] == "–"
+    assert row["leaky"][1] == "–"  # the paper gives nothing for it
+    assert "A paper, Table 1 (digits)" in md
+    # other metrics beside ours in the tables per kind (percent as the paper gives them)
+    assert "digits / badnets AUROC (paper)" in md and "97.0" in md
+    # rows that match nothing are listed, never dropped silently
+    assert "## Paper rows without a result here" in md
+    assert "digits / wanet / none: no such column group" in md
+    assert "digits / badnets / absent: no such defense in these results" in md
+
+    parsed = list(csv.DictReader(io.StringIO(to_csv(table))))
+    strong = next(r for r in parsed if r["defense"] == "strong" and r["attack"] == "badnets")
+    assert float(strong["paper_ba_pct"]) == pytest.approx(97.5) and float(strong["paper_asr_pct"]) == 0.5
+    assert float(strong["paper_iso_recall"]) == pytest.approx(0.88)
+    blended = next(r for r in parsed if r["defense"] == "strong" and r["attack"] == "blended")
+    assert blended["paper_ba_pct"] == ""
+
+    tex = to_latex(table)
+    assert "\\begin{tabular}{l rrrr rr}" in tex and "\\multicolumn{4}{c}{digits / badnets}" in tex
+    assert "\\cmidrule(lr){2-5} \\cmidrule(lr){6-7}" in tex and "BA (paper)" in tex
+    rows = [line for line in tex.splitlines() if line.endswith("\\\\")]
+    assert all(line.count(" & ") == 6 for line in rows[1:])
+
+
+def test_paper_matches_registered_names_when_labels_differ(tmp_path: Path) -> None:
+    from backdoorkit.experiment.report import load_paper
+
+    path = tmp_path / "results.db"
+    store = ResultStore(path)
+    add_row(
+        store,
+        0,
+        defense="none",
+        defense_name="none",
+        defense_kind="none",
+        attack="BadNets",
+        attack_name="badnets",
+        ba=0.9,
+        asr=0.95,
+    )
+    add_row(
+        store,
+        1,
+        defense="SSFT",
+        defense_name="ssft",
+        defense_kind="repair",
+        attack="BadNets",
+        attack_name="badnets",
+        ba=0.88,
+        asr=0.02,
+    )
+    store.close()
+    paper = _paper(
+        tmp_path, "source: s\nrows:\n  - {dataset: digits, attack: badnets, defense: ssft, ba: 89, asr: 1}\n"
+    )
+    md = to_markdown(build_table(load_rows(path), paper=load_paper(paper)))
+    row = next(line for line in md.splitlines() if line.startswith("| SSFT"))
+    assert [c.strip() for c in row.split("|")[2:-1]] == ["88.0", "89.0", "2.0", "1.0"]
+
+
+def test_paper_file_errors_are_one_line(tmp_path: Path) -> None:
+    from backdoorkit.experiment.report import load_paper
+
+    for text, match in [
+        ("rows: [{dataset: d, attack: a, defense: none, ba: 1}]\n", "source"),
+        ("source: s\nrows: []\n", "rows"),
+        ("source: s\nrows: [{dataset: d, attack: a, defense: none, ba: high}]\n", "ba"),
+        ("source: s\nrows: [{dataset: d, attack: a, defense: none, auroc: high}]\n", "auroc"),
+        ("source: s\nrows:\n  none: {badnets: [1, 2]}\n", "rows"),
+        ("source: [unclosed\n", "YAML"),
+    ]:
+        with pytest.raises(ConfigError, match=match) as exc:
+            load_paper(_paper(tmp_path, text))
+        assert "\n" not in str(exc.value)
+    with pytest.raises(ConfigError, match="no such paper-numbers file"):
+        load_paper(tmp_path / "missing.paper.yaml")
+
+
+def test_paper_file_found_through_the_runs_table(db: Path, tmp_path: Path) -> None:
+    """A spec run from anywhere: its ``<stem>.paper.yaml`` next to it reaches the report by itself."""
+    from backdoorkit.experiment.report import find_paper
+
+    assert find_paper(db) is None
+    spec_dir = tmp_path / "specs"
+    spec_dir.mkdir()
+    spec = spec_dir / "table.yaml"
+    spec.write_text("name: table\n")
+    paper = _paper(spec_dir)
+    store = ResultStore(db)
+    store.start_run("spec0001", "table", ["run", str(spec), "--jobs", "2"])
+    store.close()
+    assert find_paper(db) == paper
+    out = write_report(db, tmp_path / "rep", formats=("md",), figures=False)
+    assert "digits / badnets BA (paper)" in out["md"].read_text()
+    assert "BA (paper)" not in render(db, "md", auto_paper=False)
+    # a spec naming its file with `paper:` wins over the file beside it
+    other = _paper(spec_dir, PAPER_YAML.replace("99.1", "42.4"), "elsewhere.yaml")
+    spec.write_text("name: table\npaper: elsewhere.yaml\n")
+    assert find_paper(db) == other and "42.4" in render(db, "md")

@@ -1,4 +1,4 @@
-"""Reports in the papers' layout: ``backdoorkit report results.db [--format md|csv|latex] [--out DIR]``.
+"""Reports in the papers' layout: ``backdoorkit report results.db [--format md|csv|latex|html] [--out DIR]``.
 
 The report is a pivot (pandas) of the long metrics table of the database
 (:meth:`~backdoorkit.experiment.store.ResultStore.rows`): one row per cell x metric, aggregated per
@@ -23,26 +23,54 @@ CSV has every metric (the quantised ASR, recorded for every row, only there).  S
 are listed with their reasons and failed cells with their error line.  Figures
 (:mod:`backdoorkit.viz.report_figures`): BA / ASR bars per column group and, when a defense recorded
 a skip scan (``info["scan"]``), its skip-scan curves.
+
+Paper numbers (:func:`load_paper`): a ``<spec>.paper.yaml`` file (one source of truth per
+reproduction, next to its spec)::
+
+    source: "Yang et al., ICASSP 2023, Table 1 (CIFAR-10, ResNet-18)"
+    rows:
+      - {dataset: cifar10, attack: badnets, defense: none, ba: 92.02, asr: 96.96}
+      - {dataset: cifar10, attack: badnets, defense: ssft, ba: 89.1, asr: 0.3, model: resnet18}
+
+BA / ASR (and any other metric of :data:`PERCENT`) in percent, other metrics as the report records
+them; ``dataset`` / ``attack`` / ``defense`` (and the optional ``model``) are the report's labels (an
+attack or defense given by its registered name matches when no label equals it; ``defense: clean`` is
+the clean-model row).  Every format then shows the paper's value beside ours in each column group
+(``BA (paper)``, ``ASR (paper)``; in the tables per kind ``<metric> (paper)``) and names the source;
+paper rows that match nothing are listed.  The file is taken from ``--paper``, else found through the
+database's runs (:func:`find_paper`: the spec's ``paper:`` key, else ``<spec>.paper.yaml`` next to the
+spec file, else ``<spec name>.paper.yaml`` next to the database).  The HTML format
+(:mod:`backdoorkit.experiment.html`) is one self-contained file with the tables, the figures and the
+trigger gallery embedded.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
+import sqlite3
+import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from backdoorkit.errors import ConfigError
+from backdoorkit.errors import ConfigError, validation_message
 from backdoorkit.experiment.store import WELL_KNOWN_METRICS, ResultStore
 
 NO_DEFENSE = "none"
 CLEAN_ROW = "(clean model)"
 FAIL_MARK = "†"
-FORMATS = ("md", "csv", "latex")
-SUFFIX = {"md": "md", "csv": "csv", "latex": "tex"}
+FORMATS = ("md", "csv", "latex", "html")
+SUFFIX = {"md": "md", "csv": "csv", "latex": "tex", "html": "html"}
+PAPER_SUFFIX = ".paper.yaml"
+CLEAN_ALIASES = {"clean", "clean model", CLEAN_ROW}
+"""Names of the clean-model row in a paper-numbers file."""
 MAIN = ("ba", "asr")
 """Metrics of the main table; ``clean_ba`` makes its clean-model row."""
 CSV_ONLY = {"asr_quantized"}
@@ -66,7 +94,7 @@ KINDS = {
     "repair": "Repair",
     "inspector": "Inspection (% of models called infected; % naming the right target)",
 }
-GROUP_COLUMNS = ["dataset", "model", "attack", "clean_fraction"]
+GROUP_COLUMNS = ["dataset", "model", "attack", "clean_fraction", "attack_name"]
 KEY = ["dataset", "model", "attack", "defense", "seed", "clean_fraction"]
 
 
@@ -79,6 +107,180 @@ class Group:
     model: str
     attack: str
     clean_fraction: float | None
+    attack_name: str | None = None
+
+
+# ---------------------------------------------------------------------------------------- paper numbers
+class PaperRow(BaseModel):
+    """One row of a paper-numbers file: coordinates (report labels) and metrics (BA / ASR in %)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    dataset: str
+    attack: str
+    defense: str
+    model: str | None = None
+    ba: float | None = None
+    asr: float | None = None
+
+    @field_validator("dataset", "attack", "defense", "model", mode="before")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+    def metrics(self) -> dict[str, float]:
+        """Every metric of the row as the report stores it (fractions for :data:`PERCENT` names)."""
+        out = {k: v for k, v in (("ba", self.ba), ("asr", self.asr)) if v is not None}
+        for k, v in (self.model_extra or {}).items():
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ValueError(f"metric {k!r} = {v!r} is not a finite number")
+            out[k] = float(v)
+        return {k: v / 100.0 if k in PERCENT else v for k, v in out.items()}
+
+    def where(self) -> str:
+        return f"{self.dataset} / {self.attack} / {self.defense}" + (f" / {self.model}" if self.model else "")
+
+
+class PaperNumbers(BaseModel):
+    """A paper-numbers file: where the numbers come from and their rows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1)
+    rows: list[PaperRow] = Field(min_length=1)
+    path: str | None = Field(None, description="the file it was read from (set by load_paper)")
+
+
+def load_paper(path: str | Path) -> PaperNumbers:
+    """Read a paper-numbers YAML file (format in the module docstring); errors are one line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such paper-numbers file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise ConfigError(f"{path.name}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path.name}: expected a mapping with 'source' and 'rows'")
+    data.pop("path", None)
+    try:
+        paper = PaperNumbers(**data, path=str(path))
+        for row in paper.rows:
+            row.metrics()
+    except ValidationError as exc:
+        raise ConfigError(f"{path.name}: {validation_message(exc)}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path.name}: {exc}") from None
+    return paper
+
+
+def _spec_paths(argv: list[str]) -> list[Path]:
+    """Spec files named on a recorded command line (``run SPEC ...``)."""
+    return [
+        Path(a).expanduser() for a in argv if a.endswith((".yaml", ".yml")) and not a.endswith(PAPER_SUFFIX)
+    ]
+
+
+def _paper_next_to(spec: Path) -> Path | None:
+    """The paper file a spec file names (``paper:``) or that sits next to it as ``<stem>.paper.yaml``."""
+    if not spec.is_file():
+        return None
+    try:
+        data = yaml.safe_load(spec.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("paper"), str):
+        named = Path(data["paper"]).expanduser()
+        return named if named.is_absolute() else spec.parent / named
+    beside = spec.with_name(spec.stem + PAPER_SUFFIX)
+    return beside if beside.is_file() else None
+
+
+def find_paper(db: str | Path, spec_hash: str | None = None) -> Path | None:
+    """The paper-numbers file of a database's spec, when one can be found (else ``None``).
+
+    Looks through the recorded runs (newest first, optionally of one spec hash prefix): a spec file
+    named on the run's command line, resolved against the current folder and the database's folder,
+    gives its ``paper:`` entry or its ``<stem>.paper.yaml``; else ``<spec name>.paper.yaml`` next to
+    the database.  A missing or unreadable runs table gives ``None``.
+    """
+    db = Path(db).expanduser()
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            runs = con.execute(
+                "SELECT spec_name, argv, spec_hash FROM runs ORDER BY started_at DESC"
+            ).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    for name, argv, hash_ in runs:
+        if spec_hash and not str(hash_ or "").startswith(spec_hash):
+            continue
+        try:
+            args = [str(a) for a in json.loads(argv or "[]")]
+        except (json.JSONDecodeError, TypeError):
+            args = []
+        for spec in _spec_paths(args):
+            for candidate in [spec] if spec.is_absolute() else [Path.cwd() / spec, db.parent / spec]:
+                found = _paper_next_to(candidate)
+                if found is not None and found.is_file():
+                    return found
+        if name:
+            beside = db.parent / f"{name}{PAPER_SUFFIX}"
+            if beside.is_file():
+                return beside
+    return None
+
+
+def _match(value: str, labels: set[str], names: dict[str, str]) -> set[str]:
+    """Labels a paper coordinate names: the label itself, else every label of that registered name."""
+    if value in labels:
+        return {value}
+    return {label for label, name in names.items() if name == value}
+
+
+def attach_paper(table: ReportTable, paper: PaperNumbers | None) -> ReportTable:
+    """Put a paper's numbers into ``table.paper`` (fractions, keyed like ``stats``); returns the table."""
+    table.paper, table.paper_unmatched, table.paper_source = {}, [], None
+    if paper is None:
+        return table
+    table.paper_source = paper.source
+    defense_names = {
+        r["defense"]: str(r.get("defense_name") or r["defense"])
+        for r in table.rows
+        if r["status"] != "skipped"
+    }
+    defense_labels = set(table.defenses)
+    attack_labels = {g.attack for g in table.groups}
+    attack_names = {g.attack: g.attack_name or g.attack for g in table.groups}
+    for row in paper.rows:
+        if row.defense in CLEAN_ALIASES:
+            defenses = {CLEAN_ROW}
+        else:
+            defenses = _match(row.defense, defense_labels, defense_names)
+        attacks = _match(row.attack, attack_labels, attack_names)
+        groups = [
+            g
+            for g in table.groups
+            if g.dataset == row.dataset
+            and g.attack in attacks
+            and (row.model is None or g.model == row.model)
+        ]
+        if not defenses or not groups:
+            why = "no such defense in these results" if not defenses else "no such column group"
+            table.paper_unmatched.append((row.where(), why))
+            continue
+        for d in defenses:
+            for g in groups:
+                for name, value in row.metrics().items():
+                    if d == CLEAN_ROW and name != "ba":
+                        continue
+                    table.paper[(d, g.title, name)] = value
+    return table
 
 
 @dataclass
@@ -102,6 +304,21 @@ class ReportTable:
     asr_fail: float
     ba_drop: float
     rows: list[dict[str, Any]]
+    paper: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    """The paper's values (fractions for :data:`PERCENT` names) per (defense, group title, metric)."""
+    paper_unmatched: list[tuple[str, str]] = field(default_factory=list)
+    paper_source: str | None = None
+
+    def paper_value(self, defense: str, group: Group, name: str) -> float | None:
+        return self.paper.get((defense, group.title, name))
+
+    def has_paper(self, group: Group, name: str) -> bool:
+        """Whether the paper gives ``name`` for any row of ``group`` (its column is then shown)."""
+        return any(g == group.title and n == name for _, g, n in self.paper)
+
+    def subcolumns(self, group: Group) -> list[tuple[str, bool]]:
+        """``(metric, from the paper)`` of a main-table column group: BA, [BA paper], ASR, [ASR paper]."""
+        return [(m, p) for m in MAIN for p in (False, True) if not p or self.has_paper(group, m)]
 
     def stat(self, defense: str, group: Group, name: str) -> tuple[float | None, float | None, int]:
         """``(mean, std, n)`` of one metric (``None`` where there is no value / one seed)."""
@@ -186,8 +403,15 @@ def _metrics_of(r: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def build_table(rows: list[dict[str, Any]], *, asr_fail: float = 0.2, ba_drop: float = 10.0) -> ReportTable:
-    """Aggregate database rows into the report table (``asr_fail`` a fraction, ``ba_drop`` in points)."""
+def build_table(
+    rows: list[dict[str, Any]],
+    *,
+    asr_fail: float = 0.2,
+    ba_drop: float = 10.0,
+    paper: PaperNumbers | None = None,
+) -> ReportTable:
+    """Aggregate database rows into the report table (``asr_fail`` a fraction, ``ba_drop`` in points),
+    with a paper's numbers beside ours when ``paper`` is given."""
     if not 0 <= asr_fail <= 1:
         raise ConfigError(f"--asr-fail {asr_fail}: a fraction in [0, 1] (0.2 = 20 %)")
     if ba_drop < 0:
@@ -239,7 +463,7 @@ def build_table(rows: list[dict[str, Any]], *, asr_fail: float = 0.2, ba_drop: f
     if NO_DEFENSE in defenses:
         defenses.remove(NO_DEFENSE)
         defenses.insert(0, NO_DEFENSE)
-    return ReportTable(
+    table = ReportTable(
         groups=list(groups.values()),
         defenses=defenses,
         stats=stats,
@@ -256,6 +480,7 @@ def build_table(rows: list[dict[str, Any]], *, asr_fail: float = 0.2, ba_drop: f
         ba_drop=ba_drop,
         rows=rows,
     )
+    return attach_paper(table, paper)
 
 
 def _marks(cells: pd.DataFrame, stats: pd.DataFrame, asr_fail: float, ba_drop: float) -> pd.DataFrame:
@@ -304,12 +529,29 @@ def _cell(table: ReportTable, d: str, g: Group, which: str, style: str) -> str:
     return text
 
 
+def paper_cell(table: ReportTable, d: str, g: Group, which: str) -> str:
+    """Text of the paper's value of one cell (``–`` where the paper gives none)."""
+    if d == CLEAN_ROW and which != "ba":
+        return "–"
+    return _value_text(which, table.paper_value(d, g, which), None)
+
+
+def subcolumn_label(metric: str, from_paper: bool) -> str:
+    label = metric.upper() if metric in MAIN else LABELS.get(metric, metric)
+    return f"{label} (paper)" if from_paper else label
+
+
 def main_frame(table: ReportTable, style: str = "plain") -> pd.DataFrame:
-    """The main table as text: rows = defenses (and the clean row), columns = (group title, BA | ASR)."""
+    """The main table as text: rows = defenses (and the clean row), columns = (group title, BA | ASR),
+    with ``BA (paper)`` / ``ASR (paper)`` beside ours where the paper gives them."""
+    subs = [(g, m, p) for g in table.groups for m, p in table.subcolumns(g)]
     columns = pd.MultiIndex.from_tuples(
-        [(g.title, m.upper()) for g in table.groups for m in MAIN], names=["group", "metric"]
+        [(g.title, subcolumn_label(m, p)) for g, m, p in subs], names=["group", "metric"]
     )
-    body = [[_cell(table, d, g, m, style) for g in table.groups for m in MAIN] for d in table.table_rows]
+    body = [
+        [paper_cell(table, d, g, m) if p else _cell(table, d, g, m, style) for g, m, p in subs]
+        for d in table.table_rows
+    ]
     return pd.DataFrame(body, index=pd.Index(table.table_rows, name="Defense"), columns=columns)
 
 
@@ -325,6 +567,8 @@ def _legend(table: ReportTable) -> str:
             "Detectors: BA/ASR of the model behind the detector at its own threshold "
             "(flagged inputs rejected)."
         )
+    if table.paper_source:
+        parts.append(f"(paper): {table.paper_source}.")
     return " ".join(parts)
 
 
@@ -333,15 +577,31 @@ def _extra_tables(table: ReportTable) -> list[tuple[str, list[str], list[list[st
     kinds = list(KINDS) + sorted(set(table.cells["kind"]) - set(KINDS) - {"none", "clean"})
     out = []
     for kind in kinds:
+        rows = table.kind_rows(kind)
+        given = {n for d, _, n in table.paper if d in rows} - {*MAIN, "clean_ba", *CSV_ONLY}
         names = table.kind_metrics(kind)
+        names += sorted(given - set(names))
         if not names:
             continue
+        subs = [
+            (g, n, p)
+            for g in table.groups
+            for n in names
+            for p in (False, True)
+            if not p or table.has_paper(g, n)
+        ]
         header = [kind.capitalize() if kind in ("detector", "inspector") else "Defense"] + [
-            f"{g.title} {LABELS.get(n, n)}" for g in table.groups for n in names
+            f"{g.title} {subcolumn_label(n, p)}" for g, n, p in subs
         ]
         body = [
-            [d] + [_value_text(n, *table.stat(d, g, n)[:2]) for g in table.groups for n in names]
-            for d in table.kind_rows(kind)
+            [d]
+            + [
+                _value_text(n, table.paper_value(d, g, n), None)
+                if p
+                else _value_text(n, *table.stat(d, g, n)[:2])
+                for g, n, p in subs
+            ]
+            for d in rows
         ]
         out.append((KINDS.get(kind, f"{kind.capitalize()} defenses"), header, body))
     return out
@@ -365,6 +625,13 @@ def to_markdown(table: ReportTable, *, title: str = "Backdoor defenses", figures
         out += ["", _legend(table), ""]
     for extra, header, body in _extra_tables(table):
         out += [f"## {extra}", "", _md_table(header, body), ""]
+    if table.paper_unmatched:
+        out += [
+            "## Paper rows without a result here",
+            "",
+            *[f"- {what}: {why}" for what, why in table.paper_unmatched],
+            "",
+        ]
     if table.skipped:
         out += ["## Skipped combinations", "", *[f"- {what}: {why}" for what, why in table.skipped], ""]
     if table.failed:
@@ -393,8 +660,14 @@ CSV_FIELDS = (
 
 def to_csv(table: ReportTable) -> str:
     """One line per defense x column group (tidy): BA / ASR / clean BA in percent, the marks, the cell
-    counts, then every other metric (as recorded, mean over seeds, and its ``_std``)."""
+    counts, then every other metric (as recorded, mean over seeds, and its ``_std``); with paper numbers
+    ``paper_ba_pct`` / ``paper_asr_pct`` and ``paper_<metric>`` (as the report records it)."""
     others = sorted(set(table.stats.index.get_level_values(2)) - {*MAIN, "clean_ba"})
+    paper_others = sorted({n for _, _, n in table.paper} - set(MAIN))
+    paper_fields = [
+        *(["paper_ba_pct", "paper_asr_pct"] if table.paper else []),
+        *(f"paper_{n}" for n in paper_others),
+    ]
     lines = []
     for g in table.groups:
         for d in table.defenses:
@@ -422,8 +695,13 @@ def to_csv(table: ReportTable) -> str:
             for name in others:
                 mean, std, _ = table.stat(d, g, name)
                 line |= {name: mean, f"{name}_std": std}
+            if table.paper:
+                for name in MAIN:
+                    value = table.paper_value(d, g, name)
+                    line[f"paper_{name}_pct"] = None if value is None else round(100 * value, 2)
+                line |= {f"paper_{n}": table.paper_value(d, g, n) for n in paper_others}
             lines.append(line)
-    columns = [*CSV_FIELDS, *(f"{n}{s}" for n in others for s in ("", "_std"))]
+    columns = [*CSV_FIELDS, *(f"{n}{s}" for n in others for s in ("", "_std")), *paper_fields]
     return pd.DataFrame(lines, columns=columns).to_csv(index=False, lineterminator="\n", float_format="%.6g")
 
 
@@ -447,18 +725,26 @@ def latex_escape(text: str) -> str:
 
 
 def to_latex(table: ReportTable, *, caption: str | None = None) -> str:
-    """The main table as a booktabs ``tabular`` (column groups with ``\\multicolumn``)."""
-    n = len(table.groups)
+    """The main table as a booktabs ``tabular`` (column groups with ``\\multicolumn``; the paper's
+    values, when attached, in columns of their own beside ours)."""
     frame = main_frame(table, "latex").replace("–", "--")
+    widths = [len(table.subcolumns(g)) for g in table.groups]
     lines = []
     if caption:
         lines += ["\\begin{table}[t]", "\\centering", f"\\caption{{{latex_escape(caption)}}}"]
-    lines += ["\\begin{tabular}{l" + " rr" * n + "}", "\\toprule"]
-    titles = [f"\\multicolumn{{2}}{{c}}{{{latex_escape(g.title)}}}" for g in table.groups]
+    lines += ["\\begin{tabular}{l" + "".join(" " + "r" * w for w in widths) + "}", "\\toprule"]
+    titles = [
+        f"\\multicolumn{{{w}}}{{c}}{{{latex_escape(g.title)}}}"
+        for g, w in zip(table.groups, widths, strict=True)
+    ]
     lines.append(" & ".join(["", *titles]) + " \\\\")
-    if n:
-        lines.append(" ".join(f"\\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(n)))
-    lines += [" & ".join(["Defense"] + ["BA", "ASR"] * n) + " \\\\", "\\midrule"]
+    starts = [2 + sum(widths[:i]) for i in range(len(widths))]
+    if widths:
+        lines.append(
+            " ".join(f"\\cmidrule(lr){{{a}-{a + w - 1}}}" for a, w in zip(starts, widths, strict=True))
+        )
+    subs = [latex_escape(subcolumn_label(m, p)) for g in table.groups for m, p in table.subcolumns(g)]
+    lines += [" & ".join(["Defense", *subs]) + " \\\\", "\\midrule"]
     lines += [" & ".join([latex_escape(d), *row]) + " \\\\" for d, *row in frame.reset_index().values]
     lines += ["\\bottomrule", "\\end{tabular}", *(["\\end{table}"] if caption else [])]
     return "\n".join(lines) + "\n"
@@ -473,13 +759,17 @@ def to_rich(table: ReportTable, *, title: str = "BA / ASR (%)") -> Any:
     t = Table(title=title, title_justify="left")
     t.add_column("defense", style="bold", no_wrap=True)
     for g in table.groups:
-        t.add_column(f"{g.title}\nBA", justify="right")
-        t.add_column("\nASR", justify="right")
+        for i, (m, p) in enumerate(table.subcolumns(g)):
+            head = subcolumn_label(m, p)
+            t.add_column(f"{g.title if i == 0 else ''}\n{head}", justify="right", style="dim" if p else None)
     for d in table.table_rows:
         cells: list[Any] = [d]
         for g in table.groups:
             c = table.cell(d, g) or {}
-            for which in MAIN:
+            for which, from_paper in table.subcolumns(g):
+                if from_paper:
+                    cells.append(Text(paper_cell(table, d, g, which)))
+                    continue
                 style = ("bold " if c.get(f"best_{which}") else "") + (
                     "red" if c.get(f"fail_{which}") else ""
                 )
@@ -517,7 +807,8 @@ def _slug(text: str) -> str:
 
 
 def write_figures(table: ReportTable, out: Path) -> list[Path]:
-    """BA/ASR bars per column group and skip-scan curves where defenses recorded a scan."""
+    """BA/ASR bars per column group (the paper's values as markers) and skip-scan curves where
+    defenses recorded a scan."""
     from backdoorkit.viz import report_figures as figs
 
     paths: list[Path] = []
@@ -526,18 +817,23 @@ def write_figures(table: ReportTable, out: Path) -> list[Path]:
         for d in table.defenses:
             (ba, ba_std, _), (asr, asr_std, _) = table.stat(d, g, "ba"), table.stat(d, g, "asr")
             if ba is not None and (table.cell(d, g) or {}).get("kind") != "inspector":
-                bars[d] = (ba, ba_std, asr, asr_std)
+                paper = [table.paper_value(d, g, m) for m in MAIN]
+                bars[d] = (ba, ba_std, asr, asr_std, *(math.nan if v is None else v for v in paper))
         if bars:
-            f = 100 * pd.DataFrame(bars, index=["ba", "ba_std", "asr", "asr_std"], dtype=float).T
+            columns = ["ba", "ba_std", "asr", "asr_std", "paper_ba", "paper_asr"]
+            f = 100 * pd.DataFrame(bars, index=columns, dtype=float).T
             f[["ba_std", "asr_std"]] = f[["ba_std", "asr_std"]].fillna(0.0)
+            given = f[["paper_ba", "paper_asr"]].notna().to_numpy().any()
             path = out / f"bars_{_slug(g.title)}.png"
             paths.append(
                 figs.ba_asr_bars(
                     list(f.index),
-                    *(f[c].tolist() for c in f),
+                    *(f[c].tolist() for c in columns[:4]),
                     path,
                     title=g.title,
                     asr_fail=100 * table.asr_fail,
+                    paper_ba=f["paper_ba"].tolist() if given else None,
+                    paper_asr=f["paper_asr"].tolist() if given else None,
                 )
             )
     seen: set[tuple[str, str]] = set()
@@ -567,6 +863,49 @@ def write_figures(table: ReportTable, out: Path) -> list[Path]:
     return paths
 
 
+def write_gallery(table: ReportTable, out: Path, *, n: int = 6) -> tuple[Path | None, list[str]]:
+    """The trigger gallery (:func:`backdoorkit.viz.triggers.attack_gallery`) of the report's attacks on
+    its dataset(s), drawn into ``out/triggers_<dataset>.png``; returns the first path and notes on
+    what could not be drawn (the report never fails for a gallery)."""
+    from backdoorkit.viz.triggers import attack_gallery
+
+    per_dataset: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+    for r in table.rows:
+        cell = r.get("cell") if isinstance(r.get("cell"), dict) else {}
+        attack = (cell.get("identity") or {}).get("attack") or {}
+        name = attack.get("name") or r.get("attack_name")
+        dataset = (cell.get("dataset") or {}).get("name") or r["dataset"]
+        if r["status"] == "skipped" or not name or name == "none":
+            continue
+        per_dataset.setdefault(str(dataset), {}).setdefault(
+            r["attack"], (str(name), attack.get("params") or {})
+        )
+    first, notes = None, []
+    for dataset, attacks in per_dataset.items():
+        path, why = attack_gallery(dataset, attacks, out / f"triggers_{_slug(Path(dataset).stem)}.png", n=n)
+        notes += why
+        first = first or path
+    return first, notes
+
+
+def _html(
+    table: ReportTable,
+    *,
+    title: str,
+    figures: Iterable[Path] = (),
+    gallery: bool = True,
+    work: Path | None = None,
+) -> str:
+    """The self-contained HTML report; figures not given are drawn into a temporary folder."""
+    from backdoorkit.experiment.html import to_html
+
+    with tempfile.TemporaryDirectory(prefix="bdk-report-") as tmp:
+        where = work or Path(tmp)
+        figs = list(figures) or write_figures(table, Path(tmp))
+        picture, notes = write_gallery(table, where) if gallery else (None, [])
+        return to_html(table, title=title, figures=figs, gallery=picture, notes=notes)
+
+
 def _text(
     table: ReportTable, fmt: str, *, title: str = "Backdoor defenses", figures: Iterable[Path] = ()
 ) -> str:
@@ -576,7 +915,37 @@ def _text(
         return to_csv(table)
     if fmt == "latex":
         return to_latex(table)
+    if fmt == "html":
+        return _html(table, title=title, figures=figures)
     raise ConfigError(f"unknown report format {fmt!r}; allowed: {', '.join(FORMATS)}")
+
+
+def _paper_of(
+    db: str | Path, paper: str | Path | PaperNumbers | None, auto_paper: bool, spec_hash: str | None
+) -> PaperNumbers | None:
+    if isinstance(paper, PaperNumbers):
+        return paper
+    if paper is not None:
+        return load_paper(paper)
+    found = find_paper(db, spec_hash) if auto_paper else None
+    return load_paper(found) if found is not None else None
+
+
+def report_table(
+    db: str | Path,
+    *,
+    asr_fail: float = 0.2,
+    ba_drop: float = 10.0,
+    spec_hash: str | None = None,
+    paper: str | Path | PaperNumbers | None = None,
+    auto_paper: bool = True,
+) -> ReportTable:
+    """The table of a database, with the paper's numbers from ``paper`` or, unless ``auto_paper`` is
+    false, from the file :func:`find_paper` finds."""
+    rows = load_rows(db, spec_hash)
+    return build_table(
+        rows, asr_fail=asr_fail, ba_drop=ba_drop, paper=_paper_of(db, paper, auto_paper, spec_hash)
+    )
 
 
 def write_report(
@@ -589,21 +958,35 @@ def write_report(
     spec_hash: str | None = None,
     figures: bool = True,
     title: str = "Backdoor defenses",
+    paper: str | Path | PaperNumbers | None = None,
+    auto_paper: bool = True,
+    gallery: bool = True,
 ) -> dict[str, Path]:
-    """Write ``report.md`` / ``report.csv`` / ``report.tex`` (and the figures) into ``out``."""
-    table = build_table(load_rows(db, spec_hash), asr_fail=asr_fail, ba_drop=ba_drop)
+    """Write ``report.md`` / ``.csv`` / ``.tex`` / ``.html`` (and the figures) into ``out``.
+
+    ``paper``: a paper-numbers file (or its loaded form) shown beside ours; by default one is looked
+    up with :func:`find_paper`.  The HTML file embeds the figures (drawn even with ``figures=False``)
+    and, with ``gallery``, the trigger gallery of the report's attacks.
+    """
     formats = list(formats)
     for fmt in formats:
         if fmt not in FORMATS:
             raise ConfigError(f"unknown report format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    table = report_table(
+        db, asr_fail=asr_fail, ba_drop=ba_drop, spec_hash=spec_hash, paper=paper, auto_paper=auto_paper
+    )
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     figs = write_figures(table, out) if figures else []
     written: dict[str, Path] = {f"figure{i}": p for i, p in enumerate(figs)}
     for fmt in formats:
         path = out / f"report.{SUFFIX[fmt]}"
+        if fmt == "html":
+            text = _html(table, title=title, figures=figs, gallery=gallery, work=out if figures else None)
+        else:
+            text = _text(table, fmt, title=title, figures=figs)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(_text(table, fmt, title=title, figures=figs))
+        tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
         written[fmt] = path
     return written
@@ -616,6 +999,13 @@ def render(
     asr_fail: float = 0.2,
     ba_drop: float = 10.0,
     spec_hash: str | None = None,
+    paper: str | Path | PaperNumbers | None = None,
+    auto_paper: bool = True,
 ) -> str:
-    """One format as text (no figures)."""
-    return _text(build_table(load_rows(db, spec_hash), asr_fail=asr_fail, ba_drop=ba_drop), fmt)
+    """One format as text (no figure files; the HTML format embeds its figures)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown report format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    table = report_table(
+        db, asr_fail=asr_fail, ba_drop=ba_drop, spec_hash=spec_hash, paper=paper, auto_paper=auto_paper
+    )
+    return _text(table, fmt)

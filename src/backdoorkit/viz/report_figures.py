@@ -1,7 +1,8 @@
 """Figures of experiment reports (matplotlib, ``Agg`` backend: no display needed).
 
 * :func:`ba_asr_bars`: one column group of a report (a dataset x attack) as paired bars, BA and ASR
-  in % per defense, with seed standard deviations as error bars and the ASR failure threshold drawn;
+  in % per defense, with seed standard deviations as error bars, the ASR failure threshold drawn and,
+  when given, a paper's values as black markers on the bars;
 * :func:`skip_scan`: a defense's recorded skip scan (rows ``{skip, gamma, ba, asr}``), checked and
   drawn with :func:`backdoorkit.viz.curves.plot_skip_scan`.
 """
@@ -26,8 +27,14 @@ def ba_asr_bars(
     *,
     title: str | None = None,
     asr_fail: float | None = 20.0,
+    paper_ba: Sequence[float] | None = None,
+    paper_asr: Sequence[float] | None = None,
 ) -> Path:
-    """Paired BA / ASR bars (values in %) per defense; returns the path written."""
+    """Paired BA / ASR bars (values in %) per defense; returns the path written.
+
+    ``paper_ba`` / ``paper_asr``: the paper's values (in %, NaN where it gives none), drawn as black
+    diamond (BA) and cross (ASR) markers centred on the matching bars.
+    """
     plt = _pyplot()
     n = len(labels)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.75 * n + 2.0), 3.4))
@@ -53,6 +60,14 @@ def ba_asr_bars(
         label="ASR",
         capsize=2,
     )
+    for values, shift, marker, label in (
+        (paper_ba, -w / 2, "D", "paper BA"),
+        (paper_asr, w / 2, "X", "paper ASR"),
+    ):
+        points = [(x + shift, v) for x, v in zip(xs, values or (), strict=False) if not math.isnan(v)]
+        if points:
+            px, py = zip(*points, strict=True)
+            ax.scatter(px, py, marker=marker, s=28, color="black", zorder=3, label=label)
     if asr_fail is not None:
         ax.axhline(asr_fail, color=ASR_COLOR, ls=":", lw=1, alpha=0.7)
     ax.set_xticks(xs)

@@ -1,10 +1,15 @@
 """Trigger gallery: for each attack, a block of three rows - clean training images, their poisoned
 versions (what the victim receives, quantised to uint8) and the absolute difference amplified so its
 largest value is white - drawn into one PNG with matplotlib's Agg canvas (no display needed).
+
+:func:`attack_gallery` draws the gallery of a report's attacks (names + parameters as the results
+database recorded them) on a stratified sample of the dataset's training split; attacks that need an
+attacker model (label-consistent, TrojanNN, ...) are left out with a note rather than trained here.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -80,3 +85,44 @@ def draw_gallery(
         fig.suptitle(title, fontsize=9)
     fig.savefig(path, format="png")
     return path
+
+
+def attack_gallery(
+    dataset: str,
+    attacks: Mapping[str, tuple[str, Mapping[str, Any]]],
+    path: str | Path,
+    *,
+    n: int = 6,
+    sample: int = 400,
+    seed: int = 0,
+) -> tuple[Path | None, list[str]]:
+    """Gallery of ``{label: (attack name, parameters)}`` on ``sample`` stratified training images of
+    ``dataset`` (a registered name or path, found as :func:`backdoorkit.data.load_dataset` finds it).
+
+    Returns ``(path or None, notes)``: an attack that cannot be built or poisoned here, or that needs an
+    attacker model, is a note, never an error (so is a dataset that cannot be loaded).
+    """
+    from backdoorkit.attacks import build_attack
+    from backdoorkit.data import load_dataset, take_fraction
+    from backdoorkit.errors import BackdoorkitError, one_line
+
+    try:
+        train = load_dataset(dataset, "train")
+    except (BackdoorkitError, OSError) as exc:
+        return None, [f"trigger gallery: {dataset} not loadable here ({one_line(exc)})"]
+    small = take_fraction(train, min(sample, len(train)), seed) if len(train) > sample else train
+    rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    notes: list[str] = []
+    for label, (name, params) in attacks.items():
+        try:
+            atk = build_attack(name, **dict(params))
+            if "model" in inspect.signature(atk.setup).parameters:
+                notes.append(f"trigger gallery: {label} needs an attacker model (not drawn)")
+                continue
+            rows[label] = poisoned_examples(atk, small, n, seed=seed)
+        except (BackdoorkitError, ValueError, TypeError, RuntimeError) as exc:
+            notes.append(f"trigger gallery: {label} not drawn ({one_line(exc)})")
+    if not rows:
+        return None, notes
+    title = f"triggers on {dataset} (training images the victim receives, seed {seed})"
+    return draw_gallery(rows, path, title=title), notes
