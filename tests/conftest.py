@@ -8,7 +8,11 @@ one-cycle SGD lr 0.05, batch 128, no augmentation (the digits recipe of ``backdo
 from __future__ import annotations
 
 import copy
+import fcntl
+import functools
+import hashlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +20,8 @@ import torch
 os.environ.setdefault("BACKDOORKIT_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache", "test"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-from backdoorkit.cache import hash_key  # noqa: E402
+import backdoorkit  # noqa: E402
+from backdoorkit.cache import ArtifactCache, hash_key  # noqa: E402
 from backdoorkit.data import ImageSet, load_dataset  # noqa: E402
 from backdoorkit.data.fingerprint import fingerprint  # noqa: E402
 from backdoorkit.pipeline import recipe_for, train_model  # noqa: E402
@@ -41,20 +46,47 @@ def digits_test(digits: tuple[ImageSet, ImageSet]) -> ImageSet:
 
 
 _TRAINED: dict[str, torch.nn.Module] = {}
-"""Models trained in this test session, keyed by what determines them (see :func:`train_digits`)."""
+"""Models trained in this test process, keyed by what determines them (see :func:`train_digits`)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """The source of what a trained model depends on (training loop, models, data): a changed file is a
+    different key, so a model stored by an older checkout is never reused."""
+    root = Path(backdoorkit.__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(
+        [root / "train.py", root / "pipeline.py", *root.glob("models/*.py"), *root.glob("data/*.py")]
+    ):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def train_digits(data: ImageSet, seed: int = 0, **overrides: object) -> torch.nn.Module:
-    """ResNet-18 (width 8) trained with the digits recipe, once per session for the same content.
+    """ResNet-18 (width 8) trained with the digits recipe, once for the same content.
 
-    The key is the training data's content fingerprint, the full training config, the seed and the
-    architecture, so every test (in any file) asking for the same model shares one training run; each
-    caller gets its own copy, free to modify.
+    The key is the training data's content fingerprint, the full training config, the seed, the
+    architecture and the code it depends on, so every test (in any file, in any worker process) asking
+    for the same model shares one training run: the first trains it under a file lock and stores it in
+    the test artefact cache (``$BACKDOORKIT_CACHE``), the others load it.  Each caller gets its own
+    copy, free to modify.
     """
     cfg = recipe_for(data, **overrides)
-    key = hash_key(fingerprint(data), cfg.model_dump(mode="json"), seed, TEST_ARCH, TEST_WIDTH)
+    key = hash_key(
+        fingerprint(data), cfg.model_dump(mode="json"), seed, TEST_ARCH, TEST_WIDTH, _code_digest()
+    )
     if key not in _TRAINED:
-        _TRAINED[key], _ = train_model(TEST_ARCH, data, cfg, seed=seed, width=TEST_WIDTH)
+        cache = ArtifactCache()
+        lock = cache.root / "locks" / f"{key}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            model = cache.get_model("test_models", key)
+            if model is None:
+                model, _ = train_model(TEST_ARCH, data, cfg, seed=seed, width=TEST_WIDTH)
+                cache.put_model("test_models", key, model)
+        _TRAINED[key] = model.cpu().eval()
     return copy.deepcopy(_TRAINED[key])
 
 

@@ -333,24 +333,26 @@ def test_refool_dirty_and_all2all(rgb: ImageSet) -> None:
 
 
 def test_refool_apply_deterministic_blend(rgb: ImageSet) -> None:
-    atk = ready("refool", rgb, n_reflections=30)
+    # the linear blend (blend="gamma", the default, is checked in tests/test_paper_fidelity.py)
+    atk = ready("refool", rgb, n_reflections=30, blend="linear")
     x = rgb.pixels(slice(0, 64))
     out = atk.apply(x)
     assert torch.equal(out, atk.apply(x.clone()))  # same batch, same reflections
-    assert not torch.equal(out, ready("refool", rgb, n_reflections=30, test_seed=3).apply(x))
+    assert not torch.equal(out, ready("refool", rgb, n_reflections=30, test_seed=3, blend="linear").apply(x))
     # a convex blend with reflection weight at most 0.45: from black images, at most 0.45
     dark = atk.apply(torch.zeros(64, 3, 32, 32))
     assert float(dark.max()) <= 0.45 + 1e-6 and float(dark.amax(dim=(1, 2, 3)).min()) > 0.0
     # all reflection weights fixed at 0.3: out = 0.7 x + 0.3 R with R in [0, 1]
-    fixed = ready("refool", rgb, n_reflections=30, reflection_weight=(0.3, 0.3)).apply(x)
+    fixed = ready("refool", rgb, n_reflections=30, reflection_weight=(0.3, 0.3), blend="linear").apply(x)
     r = (fixed - 0.7 * x) / 0.3
     assert float(r.min()) >= -1e-5 and float(r.max()) <= 1 + 1e-5
 
 
 def test_refool_models_ghost_and_blur(rgb: ImageSet) -> None:
     x = torch.zeros(16, 3, 32, 32)
-    ghost = ready("refool", rgb, ghost_rate=1.0, reflection_weight=(1.0, 1.0), ghost_alpha=(0.5, 0.5))
-    blur = ready("refool", rgb, ghost_rate=0.0, reflection_weight=(1.0, 1.0), blur_sigma=(3.0, 3.0))
+    lin = {"blend": "linear", "reflection_weight": (1.0, 1.0)}
+    ghost = ready("refool", rgb, ghost_rate=1.0, ghost_alpha=(0.5, 0.5), **lin)
+    blur = ready("refool", rgb, ghost_rate=0.0, blur_sigma=(3.0, 3.0), **lin)
     g, b = ghost.apply(x), blur.apply(x)
     pool = ghost.reflections()
     # ghost: half the reflection plus half of a copy shifted by 3-8 px (zero fill): top-left rows keep

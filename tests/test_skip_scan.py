@@ -113,10 +113,16 @@ def test_critical_scores_margin_and_official() -> None:
     assert [c.skip for c in margin] == ["b", "a", "c"]
     assert margin[0].score == pytest.approx((1.0 - 0.2) - (0.99 - 0.90))
     assert margin[0].gamma == 0.0
-    official = critical_scores(rows, "official")
+    # our earlier rule, now "previous" (exponent at the larger gamma, ASR as a fraction)
+    previous = critical_scores(rows, "previous")
     # "a": the steps are 0.4/e^1 and 0.55/e^0.6; "b": 0.1/e^1 and 0.7/e^0.9 -> "a" wins (BA ignored)
+    assert [c.skip for c in previous][:2] == ["a", "b"]
+    assert previous[0].score == pytest.approx(0.55 / math.exp(0.6))
+    # the official rule (percent, exponent at the smaller gamma): "a" 55 / e^5, "b" 70 / e^20
+    official = critical_scores(rows, "official")
     assert [c.skip for c in official][:2] == ["a", "b"]
-    assert official[0].score == pytest.approx(0.55 / math.exp(0.6))
+    assert official[0].score == pytest.approx(55 / math.exp(5))
+    assert official[1].score == pytest.approx(max(10 / math.exp(90), 70 / math.exp(20)))
     with pytest.raises(ConfigError):
         critical_scores(rows, "nope")  # type: ignore[arg-type]
 

@@ -46,9 +46,10 @@ def test_registered_as_s1_model_repairs_with_paper_defaults() -> None:
         128,
         "constant",
     )
+    # "previous": the rule the defaults always used (issue 11 renamed it; "official" is the published one)
     assert (p.k, p.score, p.mode, p.tune, p.surrogate_attack, p.surrogate_target) == (
         1,
-        "official",
+        "previous",
         "standard",
         "stage",
         "badnets",

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
-from backdoorkit.data.batching import index_batches, standard_augmentation
+from backdoorkit.data.batching import augmentation_for, index_batches
 from backdoorkit.data.imageset import ImageSet, to_pixels
 from backdoorkit.device import autocast, eval_mode, resolve_device
 from backdoorkit.errors import ConfigError, config_error
@@ -74,7 +74,9 @@ class TrainConfig(BaseModel):
     milestones: tuple[float, ...] = Field((0.5, 0.75), description="step: fractions of training")
     step_factor: float = Field(0.1, gt=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    augment: bool = True
+    augment: bool | Literal["crop_flip", "crop", "flip", "none"] = Field(
+        True, description="True / crop_flip: crop + flip where allowed; crop; flip (only); False / none"
+    )
     drop_last: bool = True
     seed: int = 0
     device: str = "auto"
@@ -305,7 +307,7 @@ def fit(
         loss_fn: ``loss_fn(model, batch) -> loss`` or ``(loss, logits)`` for a :class:`Batch`; default
             cross-entropy with the config's label smoothing.
         augmentation: a batched augmentation module, ``None`` for none, or ``"default"`` for the
-            standard crop (+ flip where ``data.hflip``) when ``config.augment`` is true.
+            one ``config.augment`` names (:func:`backdoorkit.data.batching.augmentation_for`).
         callbacks: :class:`Callback` objects called after every step and every epoch.
         state: a previous call's ``result.state``: continue with its optimizer (momentum / Adam
             moments and base rates) and its step and epoch counters instead of building new ones.
@@ -365,7 +367,7 @@ def fit(
         p.requires_grad_(id(p) in train_ids)
     augment = augmentation
     if augment == "default":
-        augment = standard_augmentation(data) if cfg.augment else None
+        augment = augmentation_for(data, cfg.augment)
     loss_fn = loss_fn or default_loss(cfg.label_smoothing)
     schedule = lr_schedule or config_schedule(cfg)
     step_model: nn.Module = torch.compile(model) if cfg.compile else model  # type: ignore[assignment]

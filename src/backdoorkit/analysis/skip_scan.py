@@ -36,7 +36,8 @@ from backdoorkit.models.skips import scaled_skips, skips
 DEFAULT_GAMMAS: tuple[float, ...] = tuple(round(1.0 - 0.1 * i, 1) for i in range(11))
 """1.0, 0.9, ..., 0.0 - the grid of the paper's Figure 1 and of the official layer search."""
 
-ScoreKind = Literal["margin", "official"]
+ScoreKind = Literal["official", "previous", "margin"]
+SCORE_KINDS: tuple[str, ...] = ("official", "previous", "margin")
 FIELDS = ("skip", "gamma", "ba", "asr")
 
 
@@ -206,16 +207,29 @@ def scan_skips(
     return SkipScan(rows=rows, gammas=grid, baseline={"ba": ba0, "asr": asr0}, meta=meta)
 
 
+def official_step(asr_larger_gamma: float, asr_smaller_gamma: float) -> float:
+    """One step of the official layer score: ``(A - B) / exp(B)`` with ``A``, ``B`` the ASR in percent
+    at the larger and the smaller gamma (inputs are fractions).  ``exp`` of a percentage overflows
+    nowhere below ~709 %, so the value is always finite for ASR in [0, 1]."""
+    a, b = 100.0 * float(asr_larger_gamma), 100.0 * float(asr_smaller_gamma)
+    return (a - b) / math.exp(b)
+
+
 def critical_scores(rows: Iterable[Mapping[str, Any]], kind: ScoreKind = "official") -> list[CriticalScore]:
     """Score every skip of a scan by how sharply its ASR falls relative to its BA; best first.
 
     For one skip, take its rows with gamma decreasing: ``g_0 > g_1 > ... > g_n`` (``g_0`` is 1.0 on
     the default grid), with accuracies ``BA_i`` and attack success rates ``ASR_i`` (fractions).
 
-    * ``"official"`` (default): ``max_i (ASR_{i-1} - ASR_i) / exp(ASR_{i-1})`` over consecutive grid
-      points, our reading of the official ``chooselayer.py`` ("the largest ASR difference divided by
-      exp of the previous ASR"; that script does not run as committed).  It ignores BA: SSFT's
-      fine-tuning is there to restore it.  The gamma reported is the ``g_i`` after the sharpest step.
+    * ``"official"`` (default): the rule of the official ``chooselayer.py``: ``max_i (ASR_{i-1} -
+      ASR_i) / exp(ASR_i)`` over consecutive grid points, with ASR in **percent** and the exponent
+      taken at the *smaller* gamma ``g_i``.  With percentages, ``exp(ASR_i)`` makes every step that
+      does not end near ASR 0 negligible: the rule picks the skip whose suppression completes the
+      removal of the backdoor, and among those the largest final step.  It ignores BA (SSFT's
+      fine-tuning is there to restore it).  The gamma reported is ``g_i`` after the winning step.
+    * ``"previous"``: our earlier reading, ``max_i (ASR_{i-1} - ASR_i) / exp(ASR_{i-1})`` with ASR as
+      a fraction and the exponent at the *larger* gamma: the sharpest fall, mildly weighted towards
+      falls that start from a working backdoor.  Gamma as for ``official``.
     * ``"margin"``: ``max_i [(ASR_0 - ASR_i) - (BA_0 - BA_i)]`` over ``i >= 1`` - the largest amount
       by which the ASR has fallen *more* than the BA, relative to the unsuppressed skip; the gamma
       reported is the (largest) ``g_i`` attaining it.  A skip whose removal destroys the whole
@@ -225,8 +239,8 @@ def critical_scores(rows: Iterable[Mapping[str, Any]], kind: ScoreKind = "offici
 
     Ties are broken by model order (the first skip wins).  Rows whose ASR is NaN score NaN (last).
     """
-    if kind not in ("margin", "official"):
-        raise ConfigError(f"unknown critical-layer score {kind!r} (margin, official)")
+    if kind not in SCORE_KINDS:
+        raise ConfigError(f"unknown critical-layer score {kind!r} ({', '.join(SCORE_KINDS)})")
     by_skip: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
         by_skip.setdefault(str(r["skip"]), []).append(r)
@@ -239,9 +253,11 @@ def critical_scores(rows: Iterable[Mapping[str, Any]], kind: ScoreKind = "offici
             if kind == "margin":
                 ref = curve[0]
                 s = (ref["asr"] - cur["asr"]) - (ref["ba"] - cur["ba"])
-            else:
+            elif kind == "previous":
                 prev = curve[i - 1]
                 s = (prev["asr"] - cur["asr"]) / math.exp(prev["asr"])
+            else:
+                s = official_step(curve[i - 1]["asr"], cur["asr"])
             if math.isnan(s):
                 continue
             if best is None or s > best.score + 1e-12:

@@ -13,14 +13,18 @@ Pipeline (on the rows chosen by the base ``select``, i.e. target-class images on
 2. The four-corner trigger: the 3x3 black-and-white grid ``[[0, 0, 1], [0, 1, 0], [1, 0, 1]]``
    (1 = white, every channel) in the bottom-right corner, mirrored into the other three corners
    (flipped left-right for bottom-left, up-down for top-right, both for top-left), as the paper's
-   "all-corners" trigger.  ``corners="bottom_right"`` keeps only the bottom-right grid.
+   "all-corners" trigger.  ``corners="all_lr"``: the layout of the SSFT authors' victims and of the
+   PyTorch ports - the four corners mirrored left-right only (bottom-left and top-left are the grid
+   flipped left-right, top-right is the grid itself).  ``corners="bottom_right"`` keeps only the
+   bottom-right grid.
    ``amplitude`` (default 1.0) blends the training-time patch at that strength,
    ``x' = (1 - a) x + a p`` inside the patch (e.g. 32/255, the official code's
    ``reduced_amplitude``, for a nearly invisible training trigger); the **test-time trigger is always
    stamped at full amplitude**, as in the paper.
 
 Defaults: rate 0.1 of the training set, capped at the size of the target class (the base class
-records the capping in ``PoisonedSet.info``), target 0, all-to-one only.
+records the capping in ``PoisonedSet.info``), target 0, all-to-one only.  ``class_fraction`` poisons
+that fraction of the *target class* instead (the SSFT preset: 0.05, eps 8/255, ``corners="all_lr"``).
 
 The attacker model is the one passed as ``poison(train, seed=..., model=m)``; without one a ResNet-18
 (width 16) is trained with the dataset's recipe, or adversarially (``attacker_adv_epochs`` > 0:
@@ -51,7 +55,7 @@ from backdoorkit.attacks._model_based import (
 )
 from backdoorkit.attacks.badnets import GRID3
 from backdoorkit.data.fingerprint import tensor_digest
-from backdoorkit.data.imageset import quantize, to_pixels
+from backdoorkit.data.imageset import ImageSet, quantize, to_pixels
 from backdoorkit.device import eval_mode
 from backdoorkit.errors import ConfigError
 
@@ -65,7 +69,10 @@ class LabelConsistentParams(ModelBasedParams):
     random_start: bool = True
     batch_size: int = Field(256, ge=1, description="images per PGD batch")
     amplitude: float = Field(1.0, gt=0, le=1, description="training-time trigger strength (test time: 1)")
-    corners: Literal["all", "bottom_right"] = "all"
+    corners: Literal["all", "all_lr", "bottom_right"] = "all"
+    class_fraction: float | None = Field(
+        None, gt=0, le=1, description="poison this fraction of the target class (replaces rate)"
+    )
 
 
 def corner_trigger(
@@ -82,6 +89,12 @@ def corner_trigger(
             (slice(h - 3, h), slice(0, 3), grid.flip(1)),  # bottom-left: mirrored left-right
             (slice(0, 3), slice(w - 3, w), grid.flip(0)),  # top-right: mirrored up-down
             (slice(0, 3), slice(0, 3), grid.flip(0).flip(1)),  # top-left: both
+        ]
+    elif corners == "all_lr":
+        placements += [
+            (slice(h - 3, h), slice(0, 3), grid.flip(1)),  # bottom-left: mirrored left-right
+            (slice(0, 3), slice(w - 3, w), grid),  # top-right: the grid itself
+            (slice(0, 3), slice(0, 3), grid.flip(1)),  # top-left: mirrored left-right
         ]
     for rows, cols, patch in placements:
         mask[..., rows, cols] = 1.0
@@ -102,6 +115,12 @@ class LabelConsistent(ModelBasedAttack):
     compute_fields = ("eps", "step", "steps", "random_start")
 
     params: LabelConsistentParams
+
+    def poison_count(self, train: ImageSet) -> int:
+        """``class_fraction`` of the target class when given, else the base rule (rate of the set)."""
+        if self.params.class_fraction is None:
+            return super().poison_count(train)
+        return round(self.params.class_fraction * int((train.y.cpu() == self.target).sum()))
 
     def validate_shape(self, shape: tuple[int, int, int]) -> None:
         _, h, w = shape

@@ -35,16 +35,35 @@ Defaults: ``reflection_weight=(0.05, 0.45)``, ``ghost_rate=0.49``, ``ghost_offse
 ``ghost_alpha=(0.15, 0.5)``, ``blur_sigma=(1, 5)``, ``n_reflections=200``, clean label, poison rate
 0.1 (capped at the target class), target 0.
 
+Blend (``blend``): ``"gamma"`` (default, the official ``blend_images``) works in gamma-2.2 space,
+``t = x^2.2``, ``r = refl^2.2``:
+
+* ghost: ghost weight ``g = |s - U(ghost_alpha)|`` with ``s`` a fair coin (so ``g`` is in 0.15-0.5 or
+  0.5-0.85), ``R = g r + (1 - g) shift(r)``, ``x' = ((1 - alpha_t) R + alpha_t t)^(1/2.2)``;
+* focal blur: ``R = blur(r)`` (``sigma ~ U(blur_sigma)``), the official overflow adjustment (per
+  channel, the mean of ``R + t`` over the pixels above 1, minus 1, times ``1.08 + U(0, 0.1)``, is
+  taken off ``R``, then ``R`` is clipped to [0, 1]), a centred Gaussian vignette (``exp(-(u^2 + v^2) / 4)``
+  over ``u, v`` in [-3, 3], the official kernel for images below 550 px) times ``1 - alpha_t / 2``:
+  ``x' = (vignette R + alpha_t t)^(1/2.2)``;
+
+clipped to [0, 1].  ``"linear"``: our earlier blend in pixel values, ``x' = alpha_t x + (1 - alpha_t) R``
+(no gamma, no overflow adjustment, no vignette).  ``alpha_t``: ``None`` draws ``1 - U(reflection_weight)``
+per image (the official range 0.55-0.95), except in the dirty-label variant, where it is 0.4 as in
+BackdoorBench (its Refool is dirty label with ``alpha_t`` 0.4: clean-label Refool is known not to
+reach a high ASR); a number fixes it.
+
 Where we differ from the official code (DreamtaleCore/Refool): the reflections come from a local
 image set instead of PascalVOC, candidates are not filtered by SSIM (0.7-0.85) and there is no
-reflection-selection stage; the blend is linear in pixel values (no gamma correction or overflow
-adjustment of the focal-blur model).
+reflection-selection stage; the official code first resizes both images to a longest side of 560 px,
+so its ghost offsets (3-8 px) and blur sigmas (1-5 px) are in those pixels, whereas ours are in the
+image's own pixels; the blur kernel has one size per batch (``2 ceil(2 sigma_max) + 1``, capped at the
+image) instead of one per sigma.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +75,9 @@ from backdoorkit.data.imageset import ImageSet, to_pixels
 from backdoorkit.errors import ConfigError
 
 LUMA = (0.299, 0.587, 0.114)
+GAMMA = 2.2
+DIRTY_ALPHA_T = 0.4
+"""BackdoorBench's transmission weight for its dirty-label Refool."""
 
 
 class RefoolParams(AttackParams):
@@ -70,6 +92,10 @@ class RefoolParams(AttackParams):
     ghost_alpha: tuple[float, float] = Field((0.15, 0.5), description="range of the ghost copy's weight")
     blur_sigma: tuple[float, float] = Field((1.0, 5.0), description="range of the focal-blur sigma in pixels")
     test_seed: int = Field(0, ge=0, description="seed of the test-time reflection draws")
+    blend: Literal["gamma", "linear"] = Field("gamma", description="official gamma-2.2 blend or linear")
+    alpha_t: float | None = Field(
+        None, ge=0.0, le=1.0, description="transmission weight; None: drawn (clean) or 0.4 (dirty)"
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> RefoolParams:
@@ -173,32 +199,76 @@ class Refool(Attack):
         return cand
 
     # ------------------------------------------------------------------ trigger
+    def transmission(self, b: int, gen: torch.Generator) -> torch.Tensor:
+        """``alpha_t`` for ``b`` images ``[b]``: fixed, 0.4 (dirty-label default) or ``1 - U(weight)``."""
+        p = self.params
+        drawn = 1.0 - uniform(b, p.reflection_weight, gen)  # always drawn: the stream stays aligned
+        if p.alpha_t is not None:
+            return torch.full((b,), float(p.alpha_t))
+        if p.dirty:
+            return torch.full((b,), DIRTY_ALPHA_T)
+        return drawn
+
     def reflect(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Blend a drawn reflection into every image of ``x`` (draws from the CPU generator ``gen``)."""
         import kornia
 
         p = self.params
         b, dev = x.shape[0], x.device
+        gamma = p.blend == "gamma"
         pool = self.reflections(dev)
         pick = torch.randint(len(pool), (b,), generator=gen)
         ghost = torch.rand(b, generator=gen) < p.ghost_rate
         offset = torch.randint(p.ghost_offset[0], p.ghost_offset[1] + 1, (b, 2), generator=gen).float()
         g = uniform(b, p.ghost_alpha, gen)
         sigma = uniform(b, p.blur_sigma, gen)
-        weight = uniform(b, p.reflection_weight, gen).to(dev).view(b, 1, 1, 1)
+        alpha_t = self.transmission(b, gen).to(dev).view(b, 1, 1, 1)
+        if gamma:
+            switch = (torch.rand(b, generator=gen) > 0.5).float()
+            g = (switch - g).abs()
+            att = (1.08 + torch.rand(b, generator=gen) / 10.0).to(dev).view(b, 1, 1, 1)
         r = pool[pick.to(dev)]
-        refl = torch.empty_like(r)
+        t = x
+        if gamma:
+            r, t = r.clamp(0, 1).pow(GAMMA), x.clamp(0, 1).pow(GAMMA)
+        out = torch.empty_like(x)
         gi, bi = ghost.nonzero().flatten().to(dev), (~ghost).nonzero().flatten().to(dev)
         if len(gi):
             shifted = kornia.geometry.transform.translate(r[gi], offset[ghost].to(dev), padding_mode="zeros")
             gw = g[ghost].to(dev).view(-1, 1, 1, 1)
-            refl[gi] = (1 - gw) * r[gi] + gw * shifted
+            # the official ghost puts g on the unshifted copy; the linear blend on the shifted one
+            refl = gw * r[gi] + (1 - gw) * shifted if gamma else (1 - gw) * r[gi] + gw * shifted
+            a = alpha_t[gi]
+            out[gi] = (1 - a) * refl + a * t[gi]
         if len(bi):
             h, w = int(x.shape[-2]), int(x.shape[-1])
-            ks = min(2 * math.ceil(3 * p.blur_sigma[1]) + 1, 2 * ((min(h, w) - 1) // 2) + 1)
+            reach = 2 if gamma else 3  # the official kernel spans 2 sigma each side
+            ks = min(2 * math.ceil(reach * p.blur_sigma[1]) + 1, 2 * ((min(h, w) - 1) // 2) + 1)
             s = sigma[~ghost].to(dev)
-            refl[bi] = kornia.filters.gaussian_blur2d(r[bi], (ks, ks), torch.stack((s, s), dim=1))
-        return ((1 - weight) * x + weight * refl).clamp(0.0, 1.0)
+            blur = kornia.filters.gaussian_blur2d(r[bi], (ks, ks), torch.stack((s, s), dim=1))
+            a = alpha_t[bi]
+            if gamma:
+                out[bi] = self._focal_gamma(blur, t[bi], a, att[bi])
+            else:
+                out[bi] = (1 - a) * blur + a * t[bi]
+        if gamma:
+            out = out.clamp(0.0, 1.0).pow(1.0 / GAMMA)
+        return out.clamp(0.0, 1.0)
+
+    @staticmethod
+    def _focal_gamma(
+        blur: torch.Tensor, t: torch.Tensor, alpha_t: torch.Tensor, att: torch.Tensor
+    ) -> torch.Tensor:
+        """The official focal-blur blend in gamma space (overflow adjustment, vignette); ``[B, C, H, W]``."""
+        over = blur + t
+        hot = (over > 1).float()
+        mean = (over * hot).sum(dim=(2, 3), keepdim=True) / (hot.sum(dim=(2, 3), keepdim=True) + 1e-6)
+        blur = (blur - (mean.clamp(min=1.0) - 1) * att).clamp(0.0, 1.0)
+        h, w = int(t.shape[-2]), int(t.shape[-1])
+        u = torch.linspace(-3.0, 3.0, h, device=t.device).view(h, 1)
+        v = torch.linspace(-3.0, 3.0, w, device=t.device).view(1, w)
+        vignette = torch.exp(-(u**2 + v**2) / 4.0).view(1, 1, h, w)
+        return blur * vignette * (1 - alpha_t / 2) + alpha_t * t
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         return self.reflect(x, batch_generator(x, self.params.test_seed))

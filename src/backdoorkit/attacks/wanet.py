@@ -12,22 +12,39 @@ plus a per-image random perturbation ``U(-1, 1) / H`` of every grid point and *k
 the network must learn the exact warp rather than "any warp".  Their indices are recorded in
 ``PoisonedSet.info["noise_indices"]`` (they are not in the poisoned mask: they carry no backdoor).
 
+On-the-fly poisoning (``poisoning="on_the_fly"``, as the VinAI code and BackdoorBench train):
+:meth:`WaNet.poison` leaves the training set clean (an empty mask; ``info["on_the_fly"]``), and the
+attack-owned victim training (:meth:`WaNet.train_victim`) poisons every batch afresh: a random
+``rate`` fraction of its rows is warped and relabelled, a further ``cross_ratio * rate`` fraction gets
+the noise-mode warp with labels kept, and only then is the batch augmented (the VinAI order), so each
+image is seen clean and warped over training.  The rows are drawn from the training seed (``fit``
+seeds torch's generator), so a run is reproducible.  The noise-mode jitter (``U(-1, 1) / H`` per grid
+point) is about three times the backdoor warp itself (``s / H`` times a unit-mean field); the SSFT
+victims ran without noise mode (their preset sets ``cross_ratio=0``).
+
 Defaults (official VinAI code, copied by BackdoorBench): ``k=4, s=0.5, grid_rescale=1``, poison rate
-0.1, ``cross_ratio=2``, target 0.  Where we differ from the official code: it poisons each batch on
-the fly (fresh noise-mode perturbations every step, rows chosen per batch); we poison the training
-set once, statically, so the victim receives a fixed set of image files (quantised to uint8).  The
-official recipe also trains for 1,000 epochs with crop + rotation augmentation.
+0.1, ``cross_ratio=2``, target 0, ``poisoning="static"``.  Where we differ from the official code: by
+default we poison the training set once, statically, so the victim receives a fixed set of image
+files (quantised to uint8); ``poisoning="on_the_fly"`` is the official per-batch scheme (float warps,
+not quantised).  The official recipe also trains for 1,000 epochs with crop + rotation augmentation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from torch import nn
 
 from backdoorkit.attacks import register_attack
 from backdoorkit.attacks.base import CHUNK, Attack, AttackParams, PoisonedSet
 from backdoorkit.data.imageset import ImageSet, quantize, to_pixels
+
+if TYPE_CHECKING:
+    from backdoorkit.train import Batch, TrainConfig
 
 
 class WaNetParams(AttackParams):
@@ -36,6 +53,9 @@ class WaNetParams(AttackParams):
     grid_rescale: float = Field(1.0, gt=0.0, description="scale of the sampling grid")
     cross_ratio: float = Field(2.0, ge=0.0, description="noise-mode rows per poisoned row")
     pattern_seed: int = Field(0, ge=0, description="seed of the warping field")
+    poisoning: Literal["static", "on_the_fly"] = Field(
+        "static", description="poison the set once, or fresh rows of every batch during victim training"
+    )
 
 
 def identity_grid(h: int, w: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -90,15 +110,85 @@ class WaNet(Attack):
         h, w = int(x.shape[-2]), int(x.shape[-1])
         return self.warp(x, self.grid(h, w, x.device))
 
-    def noise_images(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Noise mode: the backdoor warp plus a random per-image grid perturbation (``gen`` on CPU)."""
+    def noise_images(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """Noise mode: the backdoor warp plus a random per-image grid perturbation (drawn from the CPU
+        generator ``gen``, or from torch's default generator on ``x``'s device when ``None``)."""
         b, h, w = x.shape[0], int(x.shape[-2]), int(x.shape[-1])
-        jitter = (torch.rand(b, h, w, 2, generator=gen) * 2 - 1).to(x.device)
+        if gen is None:
+            jitter = torch.rand(b, h, w, 2, device=x.device) * 2 - 1
+        else:
+            jitter = (torch.rand(b, h, w, 2, generator=gen) * 2 - 1).to(x.device)
         grid = (self.grid(h, w, x.device) + jitter / h).clamp(-1.0, 1.0)
         return self.warp(x, grid)
 
+    @property
+    def on_the_fly(self) -> bool:
+        return self.params.poisoning == "on_the_fly"
+
+    def select(self, train: ImageSet, seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """On the fly: no fixed rows (every batch draws its own); else the base choice."""
+        if self.on_the_fly:
+            return torch.zeros(0, dtype=torch.long), {"on_the_fly": True, "rate": self.rate}
+        return super().select(train, seed)
+
+    def batch_poisoner(self, data: ImageSet, augment: nn.Module | None) -> Callable[[Batch], Batch]:
+        """The per-batch poisoning of on-the-fly training: warp + relabel a ``rate`` fraction of the
+        batch, noise-mode warp a ``cross_ratio * rate`` fraction (labels kept), then ``augment``."""
+        from backdoorkit.train import Batch
+
+        frac = self.rate / max(len(data), 1) if isinstance(self.rate, int) else float(self.rate)
+        cross = self.params.cross_ratio
+
+        def poison(batch: Batch) -> Batch:
+            x, y = batch.x, batch.y
+            n = x.shape[0]
+            n_bd = min(n, round(frac * n))
+            n_cross = min(n - n_bd, round(cross * frac * n))
+            eligible = torch.ones(n, dtype=torch.bool, device=x.device)
+            if not self.all2all:
+                eligible = y != self.target  # dirty label: the target class carries no backdoor row
+            order = torch.argsort(torch.rand(n, device=x.device) + (~eligible).float())
+            bd, rest = order[:n_bd], order[n_bd:]
+            bd = bd[eligible[bd]]
+            cr = rest[torch.randperm(len(rest), device=x.device)[:n_cross]]
+            x, y = x.clone(), y.clone()
+            if len(bd):
+                x[bd] = self.apply(x[bd])
+                y[bd] = self.target_labels(y[bd])
+            if len(cr):
+                x[cr] = self.noise_images(x[cr])
+            if augment is not None:
+                x = augment(x)
+            return Batch(x=x, y=y, idx=batch.idx, step=batch.step, epoch=batch.epoch)
+
+        return poison
+
+    def train_victim(
+        self, model_factory: Callable[[], nn.Module], poisoned: PoisonedSet, config: TrainConfig
+    ) -> nn.Module:
+        """Static poisoning: the base training.  On the fly: :func:`backdoorkit.train.fit` on the clean
+        set with :meth:`batch_poisoner` in the loss (the dataset's augmentation after poisoning)."""
+        if not self.on_the_fly:
+            return super().train_victim(model_factory, poisoned, config)
+        from backdoorkit.data.batching import standard_augmentation
+        from backdoorkit.train import default_loss, fit
+
+        data = poisoned.data
+        self.setup(data, seed=config.seed)
+        augment = standard_augmentation(data) if config.augment else None
+        poison, base = self.batch_poisoner(data, augment), default_loss(config.label_smoothing)
+
+        def loss_fn(model: nn.Module, batch: Batch) -> Any:
+            return base(model, poison(batch))
+
+        model = self.prepare_model(model_factory())
+        fit(model, data, config, loss_fn=loss_fn, augmentation=None)
+        return model.eval()
+
     def finish_poison(self, poisoned: PoisonedSet, clean: ImageSet, seed: int) -> PoisonedSet:
         """Add the noise-mode rows (warp + random jitter, labels kept), disjoint from the poisoned rows."""
+        if self.on_the_fly:
+            return poisoned
         free = (~poisoned.mask).nonzero().flatten()
         want = round(self.params.cross_ratio * poisoned.count)
         n = min(want, len(free))

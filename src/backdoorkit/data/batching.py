@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from backdoorkit.data.imageset import ImageSet
+from backdoorkit.errors import ConfigError
 
 
 def index_batches(
@@ -40,3 +41,23 @@ def standard_augmentation(data: ImageSet, padding: int | None = None) -> nn.Modu
     if data.hflip:
         ops.append(K.RandomHorizontalFlip())
     return K.AugmentationSequential(*ops)
+
+
+AUGMENTATIONS = ("crop_flip", "crop", "flip", "none")
+"""The batched augmentations a training config can name (``TrainConfig.augment``)."""
+
+
+def augmentation_for(data: ImageSet, kind: bool | str) -> nn.Module | None:
+    """The batched augmentation ``kind`` for ``data``: ``True`` / ``"crop_flip"`` the standard random
+    crop (+ flip where the set allows it), ``"crop"`` the crop alone, ``"flip"`` a horizontal flip alone
+    (none where the set does not allow flips), ``False`` / ``"none"`` no augmentation."""
+    if kind is True or kind == "crop_flip":
+        return standard_augmentation(data)
+    if kind is False or kind == "none":
+        return None
+    if kind == "crop":
+        _, h, w = data.image_shape
+        return K.AugmentationSequential(K.RandomCrop((h, w), padding=max(1, h // 8)))
+    if kind == "flip":
+        return K.AugmentationSequential(K.RandomHorizontalFlip()) if data.hflip else None
+    raise ConfigError(f"unknown augmentation {kind!r}; allowed: {', '.join(AUGMENTATIONS)}, true, false")

@@ -67,7 +67,11 @@ SURROGATE_PARAMS: dict[str, Any] = {"variant": "white", "row": 1, "col": 1}
 class SelectParams(DefenseParams):
     """Critical-layer selection on a surrogate backdoor (see the module docstring).
 
-    Defaults: ``k = 1`` skip, ``score = "official"``, gamma grid 1.0, 0.9, ..., 0.0; surrogate BadNets
+    Defaults: ``k = 1`` skip, ``score = "previous"`` (the rule this defense has always used, our
+    earlier reading of ``chooselayer.py``; ``"official"`` is the official rule, see
+    :func:`backdoorkit.analysis.skip_scan.critical_scores`, set by the ``ssft_paper`` preset: as the
+    default it removed the digits backdoor on one BadNets seed of three, its ties at a surrogate ASR
+    of 0 going to the first skip in model order), gamma grid 1.0, 0.9, ..., 0.0; surrogate BadNets
     with a 3x3 white patch one pixel from the *top-left* corner (``surrogate_params=None`` means
     ``{"variant": "white", "row": 1, "col": 1}`` for BadNets and ``{}`` for any other surrogate attack:
     a defender's choice that deliberately does not coincide with the usual bottom-right evaluation
@@ -81,7 +85,7 @@ class SelectParams(DefenseParams):
     """
 
     k: int = Field(1, ge=1)
-    score: Literal["official", "margin"] = "official"
+    score: Literal["official", "previous", "margin"] = "previous"
     layers: tuple[str, ...] | None = None
     candidates: tuple[str, ...] | None = None
     gammas: tuple[float, ...] = DEFAULT_GAMMAS

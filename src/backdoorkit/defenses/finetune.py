@@ -26,7 +26,7 @@ from torch import nn
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.defenses.base import DefenseParams
 from backdoorkit.errors import ConfigError
-from backdoorkit.train import FitResult, TrainConfig, fit, parameters_of
+from backdoorkit.train import FitResult, TrainConfig, fit, make_optimizer, parameters_of
 
 __all__ = ["TuneParams", "finetune", "head_name", "tune_config", "tune_steps"]
 
@@ -45,6 +45,13 @@ class TuneParams(DefenseParams):
     over 144 digits are 20.  The run takes ``max(epochs x batches per epoch, min_steps)`` steps; on
     CIFAR-10 with 5,000 clean samples that is the paper's budget unchanged.  ``None`` disables it.
     The rule depends only on the size of the defender's own data.
+
+    ``frozen_bn`` is the mode of the batch-norm layers *outside* the tuned modules: ``"eval"`` (default)
+    keeps their running statistics, so everything outside the tuned modules stays bit-identical;
+    ``"train"`` is the official SSFT code (the whole model in train mode): those layers re-estimate
+    their running mean / variance on the clean samples while their weights (and every other frozen
+    parameter) stay unchanged.  This matters after a suppression: the layers behind a removed skip see
+    a different input distribution.
     """
 
     epochs: int = Field(10, ge=0)
@@ -57,6 +64,7 @@ class TuneParams(DefenseParams):
     batch_size: int = Field(128, ge=1)
     schedule: Literal["constant", "cosine", "step", "onecycle"] = "constant"
     augment: bool | None = None
+    frozen_bn: Literal["eval", "train"] = "eval"
 
 
 def tune_steps(n: int, p: TuneParams) -> int | None:
@@ -90,6 +98,31 @@ def tune_config(clean: ImageSet, p: TuneParams, *, seed: int, device: str) -> Tr
     )
 
 
+def _fit_frozen_bn_train(
+    model: nn.Module,
+    clean: ImageSet,
+    cfg: TrainConfig,
+    trainable: list[nn.Parameter],
+    fit_kwargs: dict[str, Any],
+) -> FitResult:
+    """``fit`` with the whole model in train mode but only ``trainable`` in the optimiser: the frozen
+    batch-norm layers update their running statistics, no frozen parameter moves (it is in no
+    optimiser group; its gradients are dropped afterwards)."""
+    if "optimizer" in fit_kwargs or "state" in fit_kwargs:
+        raise ConfigError("frozen_bn='train' builds its own optimizer; do not pass optimizer= or state=")
+    keep = {id(q) for q in trainable}
+
+    def only_tuned(params: list[nn.Parameter]) -> Any:
+        return make_optimizer([q for q in params if id(q) in keep], cfg)
+
+    try:
+        return fit(model, clean, cfg, optimizer=only_tuned, **fit_kwargs)
+    finally:
+        for q in model.parameters():
+            if id(q) not in keep:
+                q.grad = None
+
+
 def head_name(model: nn.Module) -> str:
     """The classifier head: ``model.head_name`` or else the last ``nn.Linear``."""
     name = getattr(model, "head_name", None)
@@ -120,7 +153,10 @@ def finetune(
     cfg = tune_config(clean, p, seed=seed, device=device)
     trainable = None if modules is None else parameters_of(model, list(modules))
     count = sum(q.numel() for q in (trainable if trainable is not None else model.parameters()))
-    res = fit(model, clean, cfg, trainable=trainable, **fit_kwargs)
+    if trainable is not None and p.frozen_bn == "train":
+        res = _fit_frozen_bn_train(model, clean, cfg, trainable, fit_kwargs)
+    else:
+        res = fit(model, clean, cfg, trainable=trainable, **fit_kwargs)
     return res, {
         "tuned": list(modules) if modules is not None else "all",
         "tuned_parameters": count,
