@@ -230,6 +230,7 @@ def test_demo_spec_is_valid_and_has_three_attacks() -> None:
     from backdoorkit.experiment.demo import demo_spec
 
     spec = demo_spec()
-    assert [a.name for a in spec.attacks][:3] == ["badnets", "blended", "wanet"]
+    # attacks that implant on digits (WaNet's 6 % read as a broken demo; tests/test_attacks_asr.py)
+    assert [a.name for a in spec.attacks][:3] == ["badnets", "blended", "l2_invisible"]
     plan = expand(spec)
     assert any(c.defense == "none" and c.attack == "badnets" and c.runnable for c in plan.cells)

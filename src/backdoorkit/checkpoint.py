@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ from torch import nn
 from backdoorkit.errors import BackdoorkitError, ModelFileError, one_line
 from backdoorkit.jsonable import to_jsonable
 from backdoorkit.models.base import ModelSpec, Normalize
-from backdoorkit.models.registry import build_from_spec, build_model, model_spec
+from backdoorkit.models.registry import build_from_spec, model_spec
 from backdoorkit.models.skips import get_betas, get_gammas, skips
+from backdoorkit.sidecar import MAX_SIDECAR_BYTES, validate_sidecar
 
 FORMAT = "backdoorkit.model"
 FORMAT_VERSION = 2
@@ -90,17 +92,40 @@ def save_model(
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any] | None:
-    """The sidecar of a weights file, or ``None`` if there is none."""
+    """The sidecar of a weights file, validated by :func:`backdoorkit.sidecar.validate_sidecar`
+    (types, finite numbers, ranges, size and nesting bounds), or ``None`` if there is none."""
     side = sidecar_path(path)
     if not side.is_file():
         return None
+    if side.stat().st_size > MAX_SIDECAR_BYTES:
+        raise ModelFileError(
+            f"{side}: sidecar of {side.stat().st_size:,} bytes is larger than {MAX_SIDECAR_BYTES:,}"
+        )
+    return validate_sidecar(side.read_bytes(), str(side))
+
+
+def header_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{name: (shape, dtype)}`` from a safetensors header, without reading any tensor data."""
+    from safetensors import safe_open
+
+    path = Path(path)
     try:
-        card = json.loads(side.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{side}: malformed sidecar JSON ({exc.__class__.__name__})") from None
-    if not isinstance(card, dict) or card.get("format") != FORMAT:
-        raise ModelFileError(f"{side}: not a backdoorkit model sidecar")
-    return card
+        with safe_open(str(path), framework="pt") as fh:
+            out = {}
+            for key in fh.keys():  # noqa: SIM118 (safe_open is not iterable)
+                sl = fh.get_slice(key)
+                out[key] = (tuple(int(d) for d in sl.get_shape()), str(sl.get_dtype()))
+            return out
+    except Exception as exc:  # SafetensorError, OSError ...
+        raise ModelFileError(
+            f"{path}: malformed safetensors file ({one_line(exc, with_type=False)})"
+        ) from None
+    except BaseException as exc:  # the Rust reader reports some corruptions as a PanicException
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise ModelFileError(
+            f"{path}: malformed safetensors file ({one_line(exc, with_type=False)})"
+        ) from None
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -167,38 +192,60 @@ def load_model(
     model: nn.Module | None = None,
     arch: str | None = None,
     device: str | torch.device = "cpu",
+    num_classes: int | None = None,
+    in_channels: int | None = None,
     **arch_kwargs: Any,
 ) -> nn.Module:
     """Load a model file.
 
+    Everything the file claims is checked before the model is built: the sidecar
+    (:mod:`backdoorkit.sidecar`), the architecture arguments (bounded before allocation), and the
+    shapes in the safetensors header against the model the sidecar describes (built on the meta
+    device, so a mismatch costs no memory).  Then the weights are read (finite, same dtype as the
+    model: no silent casts) and the skip settings restored.
+
     Args:
-        path: ``.safetensors`` (with its sidecar) or a legacy ``.pt``/``.pth`` state dict.
+        path: ``.safetensors`` (with its sidecar) or a legacy ``.pt``/``.pth`` state dict (a
+            ``module.`` prefix is stripped).
         model: load into this module instead of building one (for architectures we did not write).
-        arch, arch_kwargs: build this registered architecture when the file has no sidecar.
+        arch: the architecture when the file has no sidecar: a registered name, ``torchvision:NAME``,
+            ``timm:NAME`` or ``package.module:factory`` (see :func:`~backdoorkit.models.registry.build_arch`).
+        num_classes, in_channels: what ``arch`` is built for (default: the registry's defaults).
+        arch_kwargs: more architecture arguments (override the sidecar's).
     """
     path = Path(path)
-    state = read_weights(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    if path.suffix not in (".safetensors", *LEGACY_SUFFIXES):
+        read_weights(path)  # the one message for unsupported types
     card = read_sidecar(path) if path.suffix == ".safetensors" else None
+    shapes = header_shapes(path) if path.suffix == ".safetensors" else None
     if model is None:
-        if card is not None and card.get("arch") and arch is not None and arch.lower() != card["arch"]:
+        if (
+            card is not None
+            and card.get("arch")
+            and arch is not None
+            and arch.lower() != card["arch"].lower()
+        ):
             raise ModelFileError(f"{path}: holds a {card['arch']} model, not {arch}")
         spec = spec_from_card(card, sidecar_path(path)) if card is not None else None
-        if spec is None and arch is not None:
-            model = build_model(arch, **arch_kwargs)
-        elif spec is not None:
+        if spec is not None:
             spec = ModelSpec(spec.arch, {**spec.kwargs, **arch_kwargs}, spec.children)
-            try:
-                model = build_from_spec(spec)
-            except (BackdoorkitError, TypeError, ValueError) as exc:
-                raise ModelFileError(
-                    f"{path}: cannot rebuild the model its sidecar describes "
-                    f"({one_line(exc, with_type=False)})"
-                ) from None
+            if shapes is not None:
+                _check_header(path, spec, shapes)
+            model = _rebuild(path, spec)
+            state = read_weights(path)
+        elif arch is not None:
+            state = read_weights(path)
+            model = _build_arch(path, arch, state, num_classes, in_channels, arch_kwargs)
         else:
             raise ModelFileError(
                 f"{path}: no sidecar saying which architecture this is; pass --arch (or model=...)"
             )
-    problem = _fit_problem(model, state)
+    else:
+        state = read_weights(path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    problem = _fit_problem(model, {k: (tuple(v.shape), str(v.dtype)) for k, v in state.items()})
     if problem:
         arch_name = type(model).__name__
         raise ModelFileError(f"{path}: weights do not fit the architecture {arch_name} ({problem})")
@@ -208,6 +255,9 @@ def load_model(
         raise ModelFileError(
             f"{path}: weights do not fit the architecture ({one_line(exc, with_type=False)})"
         ) from None
+    for norm in (m for m in model.modules() if isinstance(m, Normalize)):
+        if not bool((norm.std > 1e-8).all()):
+            raise ModelFileError(f"{path}: normalisation std must be > 0, got {norm.std.flatten().tolist()}")
     if card is not None:
         table = skips(model)
         for kind in ("gammas", "betas"):
@@ -215,18 +265,68 @@ def load_model(
                 if name not in table:
                     raise ModelFileError(f"{path}: sidecar names unknown skip {name!r}")
                 setattr(table[name], kind[:-1], float(value))
-        if card.get("classes"):
-            model.classes = tuple(card["classes"])
+        classes = card.get("classes")
+        n = getattr(model, "num_classes", None)
+        if classes and isinstance(n, int) and n != len(classes):
+            raise ModelFileError(f"{path}: the sidecar names {len(classes)} classes, the model outputs {n}")
+        if classes:
+            model.classes = tuple(classes)
         model.card = card
     return model.to(device).eval()
 
 
-def _fit_problem(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
-    """A short description of how ``state`` fails to fit ``model`` ('' when it fits)."""
+def _rebuild(path: Path, spec: ModelSpec, *, meta: bool = False) -> nn.Module:
+    try:
+        if meta:
+            with torch.device("meta"):
+                return build_from_spec(spec)
+        return build_from_spec(spec)
+    except (BackdoorkitError, TypeError, ValueError) as exc:
+        raise ModelFileError(
+            f"{path}: cannot rebuild the model its sidecar describes ({one_line(exc, with_type=False)})"
+        ) from None
+
+
+def _check_header(path: Path, spec: ModelSpec, shapes: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    """Compare the header's names and shapes with the model the sidecar describes, built on meta."""
+    problem = _fit_problem(_rebuild(path, spec, meta=True), shapes)
+    if problem:
+        raise ModelFileError(f"{path}: the weights do not match the sidecar's {spec.arch} ({problem})")
+
+
+def _build_arch(
+    path: Path,
+    arch: str,
+    state: dict[str, torch.Tensor],
+    num_classes: int | None,
+    in_channels: int | None,
+    kwargs: dict[str, Any],
+) -> nn.Module:
+    from backdoorkit.models.registry import build_arch
+
+    shapes = {k.removeprefix("module."): tuple(v.shape) for k, v in state.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return build_arch(arch, num_classes=num_classes, in_channels=in_channels, shapes=shapes, **kwargs)
+        except BackdoorkitError as exc:
+            raise ModelFileError(f"{path}: --arch {arch}: {one_line(exc, with_type=False)}") from None
+
+
+def _fit_problem(model: nn.Module, state: dict[str, tuple[tuple[int, ...], str]]) -> str:
+    """A short description of how weights with these ``{name: (shape, dtype)}`` fail to fit ``model``
+    ('' when they fit).  Floating-point dtypes must match exactly (no silent casts)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    shapes = [k for k in expected if k in state and tuple(expected[k].shape) != tuple(state[k].shape)]
+    shapes = [k for k in expected if k in state and tuple(expected[k].shape) != tuple(state[k][0])]
+    dtypes = [
+        k
+        for k in expected
+        if k in state
+        and expected[k].is_floating_point()
+        and _dtype_name(state[k][1]) != _dtype_name(expected[k].dtype)
+    ]
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing weights such as {missing[0]!r}")
@@ -235,10 +335,30 @@ def _fit_problem(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
     if shapes:
         k = shapes[0]
         parts.append(
-            f"{len(shapes)} of another shape such as {k!r}: {list(state[k].shape)} in the file, "
+            f"{len(shapes)} of another shape such as {k!r}: {list(state[k][0])} in the file, "
             f"{list(expected[k].shape)} in the model"
         )
+    if dtypes and not shapes:
+        k = dtypes[0]
+        parts.append(
+            f"{len(dtypes)} of another dtype such as {k!r}: {_dtype_name(state[k][1])} in the file, "
+            f"{_dtype_name(expected[k].dtype)} in the model"
+        )
     return "; ".join(parts)
+
+
+_DTYPES = {
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F32": "float32",
+    "F64": "float64",
+    "F8_E4M3": "float8_e4m3fn",
+}
+
+
+def _dtype_name(dtype: object) -> str:
+    text = str(dtype)
+    return _DTYPES.get(text, text.removeprefix("torch."))
 
 
 def _pickled_global(exc: BaseException) -> str | None:

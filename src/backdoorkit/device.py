@@ -19,17 +19,49 @@ from collections.abc import Iterator
 
 import torch
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+"""Device types a command or spec may name (with ``auto``); anything else is a one-line error."""
+
+
+def check_device(device: str | torch.device | None) -> str:
+    """``device`` as a canonical string (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``) after checking
+    that it names a device type we run on and that this machine has it.
+
+    Raises:
+        ConfigError: an unknown device (``tpu``, ``meta`` ...), a malformed index, or CUDA / MPS / a CUDA
+            index this machine lacks.
+    """
+    from backdoorkit.errors import ConfigError
+
+    if device is None or str(device).strip().lower() == "auto":
+        return "auto"
+    text = str(device).strip().lower()
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in DEVICE_TYPES:
+        raise ConfigError(f"device {str(device)!r} is not a device here; use auto, cpu, cuda, cuda:1 or mps")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {text!r} was requested but no CUDA device is available")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device {text!r}: this machine has {count} CUDA device(s) (cuda:0 ...)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {text!r} was requested but MPS is not available")
+    return str(dev)
+
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``/``None`` -> CUDA when available, else CPU; anything else as given."""
-    if device is None or str(device) == "auto":
+    """``"auto"``/``None`` -> CUDA when available, else CPU; anything else as given, once
+    :func:`check_device` has accepted it."""
+    if isinstance(device, torch.device) and device.type in DEVICE_TYPES and device.type != "cuda":
+        return device
+    name = check_device(device)
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from backdoorkit.errors import ConfigError
-
-        raise ConfigError("device 'cuda' was requested but no CUDA device is available")
-    return dev
+    return torch.device(name)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -20,12 +20,15 @@ from torch import nn
 from backdoorkit.attacks.base import Attack
 from backdoorkit.cli.app import app
 from backdoorkit.cli.common import (
+    ArchOpt,
     DataRootOpt,
     DeviceOpt,
     JsonOpt,
     ParamOpt,
+    check_output,
     console,
     emit_json,
+    load_model_file,
     load_splits,
     parse_params,
     pct,
@@ -92,13 +95,14 @@ def run_attack(
     return summary, bd_model, clean_model
 
 
-def load_attacker(path: Path | None, device: str) -> nn.Module | None:
+def load_attacker(
+    path: Path | None, device: str, *, arch: str | None = None, data: ImageSet | None = None
+) -> nn.Module | None:
+    """The attacker model of ``--attacker-model`` (``--arch`` for files without a sidecar), checked
+    against ``data`` when given."""
     if path is None:
         return None
-    from backdoorkit.checkpoint import load_model
-    from backdoorkit.device import resolve_device
-
-    return load_model(path, device=resolve_device(device)).eval()
+    return load_model_file(path, data, arch=arch, device=device).eval()
 
 
 @app.command("attack")
@@ -107,7 +111,10 @@ def attack_cmd(
     dataset: str = typer.Option("digits", "--dataset", "-d", help="Registered dataset name or path."),
     model: str = typer.Option("resnet18", "--model", "-m", help="Registered architecture."),
     param: list[str] | None = ParamOpt,
-    target: int = typer.Option(0, "--target", help="Target class (all-to-one)."),
+    preset: str | None = typer.Option(
+        None, "--preset", help="Paper preset NAME or NAME:fast (ssft_paper, ...); explicit options win."
+    ),
+    target: int | None = typer.Option(None, "--target", help="Target class (default 0, or the preset's)."),
     poison_rate: float | None = typer.Option(None, "--poison-rate", help="Fraction (<1) or count (>=1)."),
     width: int | None = typer.Option(None, "--width", help="Base channel count (64 = full ResNet)."),
     epochs: int | None = typer.Option(None, "--epochs"),
@@ -117,6 +124,7 @@ def attack_cmd(
     attacker_model: Path | None = typer.Option(
         None, "--attacker-model", help="Checkpoint of the attacker's model (attacks that use one)."
     ),
+    arch: str | None = ArchOpt,
     out: Path | None = typer.Option(None, "--out", "-o", help="Save the backdoored model (.safetensors)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = DeviceOpt,
@@ -128,21 +136,24 @@ def attack_cmd(
     ASR (float and quantised trigger) and the clean model's BA."""
     from backdoorkit.attacks import build_attack
     from backdoorkit.pipeline import recipe_for
+    from backdoorkit.presets import preset_attack, preset_train
 
+    if epochs == 0:
+        raise ConfigError("--epochs 0 would leave both models untrained; give at least 1")
+    check_output(out, "--out")
+    if arch is not None and attacker_model is None:
+        raise ConfigError("--arch describes --attacker-model; give --attacker-model too")
     train_set, test_set = load_splits(dataset, data_root)
     params = parse_params(param)
     if poison_rate is not None:
         params["rate"] = parse_amount(poison_rate, "--poison-rate")
-    atk = build_attack(attack, target=target, **params)
-    attacker = load_attacker(attacker_model, device)
+    atk = build_attack(attack, **preset_attack(preset, attack, target, params))
+    attacker = load_attacker(attacker_model, device, arch=arch, data=train_set)
     if attacker is not None and not takes_model(atk):
         raise ConfigError(f"--attacker-model: attack {atk.name!r} does not use an attacker model")
     cfg = recipe_for(
         train_set,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        augment=augment,
+        **preset_train(preset, epochs=epochs, lr=lr, batch_size=batch_size, augment=augment),
         seed=seed,
         device=device,
         progress=progress and not json_out,
@@ -211,6 +222,7 @@ def triggers(
     attacker_model: Path | None = typer.Option(
         None, "--attacker-model", help="Checkpoint of the attacker's model (default: train a small one)."
     ),
+    arch: str | None = ArchOpt,
     attacker_width: int = typer.Option(8, "--attacker-width", help="Width of the quick attacker model."),
     attacker_epochs: int = typer.Option(4, "--attacker-epochs", help="Epochs of the quick attacker model."),
     device: str = DeviceOpt,
@@ -222,10 +234,13 @@ def triggers(
     from backdoorkit.attacks import ATTACKS, build_attack
     from backdoorkit.viz.triggers import draw_gallery, poisoned_examples
 
+    check_output(out, "--out")
+    if arch is not None and attacker_model is None:
+        raise ConfigError("--arch describes --attacker-model; give --attacker-model too")
     train_set, _ = load_splits(dataset, data_root)
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else ATTACKS.names()
     built = [build_attack(name, target=target) for name in names]
-    attacker = load_attacker(attacker_model, device)
+    attacker = load_attacker(attacker_model, device, arch=arch, data=train_set)
     if attacker is None and any(takes_model(a) for a in built):
         attacker = quick_attacker(
             train_set, seed=seed, width=attacker_width, epochs=attacker_epochs, device=device

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
+import torch
 import typer
 from rich.console import Console
+from torch import nn
 
 from backdoorkit.data import ImageSet, load_dataset
+from backdoorkit.device import eval_mode
+from backdoorkit.errors import ConfigError, DataError, ModelFileError
 from backdoorkit.jsonable import to_jsonable
 
 console = Console(stderr=False)
@@ -19,6 +24,89 @@ err_console = Console(stderr=True)
 DataRootOpt = typer.Option(None, "--data-root", help="Directory to search for datasets first.")
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ...")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object instead of tables.")
+ArchOpt = typer.Option(
+    None,
+    "--arch",
+    help="Architecture of a model file without a sidecar (legacy .pt/.pth, bare .safetensors): a "
+    "registered name, torchvision:NAME, timm:NAME or package.module:factory.",
+)
+
+
+def check_output(path: Path | None, what: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written: an existing path of the wrong
+    kind (a folder for a file, a file for a folder), or a nearest existing parent that is not a
+    writable folder."""
+    if path is None:
+        return
+    path = Path(path).expanduser()
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ConfigError(f"{what} {path}: exists and is not a folder")
+        if not folder and path.is_dir():
+            raise ConfigError(f"{what} {path}: is a folder, not a file")
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"{what} {path}: not writable")
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{what} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: cannot write into {parent}")
+
+
+def load_model_file(
+    path: Path, data: ImageSet | None, *, arch: str | None = None, device: str = "cpu"
+) -> nn.Module:
+    """A model file (``--arch`` for files without a sidecar), checked against ``data`` when given."""
+    from backdoorkit.checkpoint import load_model
+    from backdoorkit.device import resolve_device
+
+    counts = {"num_classes": data.num_classes, "in_channels": data.channels} if data is not None else {}
+    net = load_model(path, arch=arch, device=resolve_device(device), **counts)
+    if data is not None:
+        check_model_fits(net, data, str(path))
+    return net
+
+
+def check_model_fits(net: nn.Module, data: ImageSet, source: str) -> None:
+    """Refuse, in one line, a model that cannot take ``data``'s images or predict its classes.
+
+    Checks the declared ``in_channels`` / ``image_size`` / ``num_classes`` where the model has them,
+    then runs a probe batch (eight images, in eval mode, without gradients) through it to catch any
+    other mismatch, and requires finite outputs (finite but absurd weights can overflow).
+    """
+    c, h, w = data.image_shape
+    want_c = getattr(net, "in_channels", None)
+    if isinstance(want_c, int) and want_c != c:
+        raise DataError(
+            f"{source}: the model takes {want_c}-channel images but {data.name} has {c}-channel images"
+        )
+    size = getattr(net, "image_size", None)
+    if isinstance(size, int) and (h, w) != (size, size):
+        raise DataError(f"{source}: the model takes {size}x{size} images but {data.name} has {h}x{w} images")
+    classes = getattr(net, "num_classes", None)
+    if isinstance(classes, int) and classes != data.num_classes:
+        raise ModelFileError(f"{source}: model has {classes} classes, dataset {data.name} {data.num_classes}")
+    if len(data) == 0:
+        return
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad(), eval_mode(net):
+            out = net(data.pixels(slice(0, min(8, len(data)))).to(device))
+    except (RuntimeError, ValueError, IndexError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise DataError(
+            f"{source}: the model cannot take {data.name}'s {c}x{h}x{w} images ({reason})"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelFileError(
+            f"{source}: the model outputs {shape}, not [N, {data.num_classes}] for {data.name}"
+        )
+    if not bool(torch.isfinite(out).all()):
+        raise ModelFileError(f"{source}: the model's outputs on {data.name} images are not finite (NaN/inf)")
 
 
 def load_splits(

@@ -26,48 +26,105 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 import typer
 
 from backdoorkit.cli.app import app
 from backdoorkit.cli.common import (
+    ArchOpt,
     DataRootOpt,
     DeviceOpt,
     JsonOpt,
     ParamOpt,
+    check_output,
     console,
     emit_json,
+    err_console,
+    load_model_file,
     load_splits,
     parse_params,
     pct,
 )
 from backdoorkit.data import parse_amount
-from backdoorkit.errors import ConfigError, ModelFileError, ScenarioError
+from backdoorkit.errors import ConfigError, ScenarioError
 from backdoorkit.scenarios import needs_text
 
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
-def _load_checked(path: Path, num_classes: int, device: str) -> Any:
-    from backdoorkit.checkpoint import load_model
-    from backdoorkit.device import resolve_device
-
-    net = load_model(path, device=resolve_device(device))
-    n = getattr(net, "num_classes", None)
-    if n is not None and n != num_classes:
-        raise ModelFileError(f"{path}: model has {n} classes, the dataset {num_classes}")
-    return net
+def _load_checked(path: Path, train: Any, device: str, arch: str | None = None) -> Any:
+    """The model file, refused in one line when it does not fit ``train`` (channels, image size,
+    classes, finite outputs on a probe batch)."""
+    return load_model_file(path, train, arch=arch, device=device)
 
 
-def _eval_attack(name: str | None, target: int, params: list[str] | None, train: Any, seed: int) -> Any:
-    """The attack to *evaluate* with (set up on the training split with the training seed)."""
+def recorded_attack(net: Any, name: str) -> dict[str, Any] | None:
+    """The parameters of attack ``name`` as the model's sidecar records the attack that made it
+    (``config.attack``), or ``None`` when it records none or another attack."""
+    from backdoorkit.attacks import ATTACKS
+
+    card = getattr(net, "card", None) or {}
+    rec = (card.get("config") or {}).get("attack")
+    if not isinstance(rec, dict) or not isinstance(rec.get("attack"), str):
+        return None
+    try:
+        same = ATTACKS.entry(rec["attack"]).name == ATTACKS.entry(name).name
+    except (KeyError, LookupError):
+        return None
+    return {k: v for k, v in rec.items() if k != "attack"} if same else None
+
+
+def _eval_attack(
+    name: str | None,
+    target: int | None,
+    params: list[str] | None,
+    train: Any,
+    seed: int,
+    net: Any = None,
+    used: dict[str, Any] | None = None,
+) -> Any:
+    """The attack to *evaluate* with (set up on the training split with the training seed).
+
+    When the model's sidecar records the same attack (``train --attack ...`` writes it), its
+    parameters are the defaults and the flags (``--target``, ``-p``) override them; a flag that
+    contradicts the record gets a one-line warning.  ``used`` receives ``{"attack", "params",
+    "from_sidecar", "from_flags"}``.
+    """
     if name is None:
         if params:
             raise ConfigError("-p/--param sets attack parameters; give --attack too")
         return None
     from backdoorkit.attacks import build_attack
 
-    atk = build_attack(name, target=target, **parse_params(params))
+    given = parse_params(params)
+    if target is not None:
+        given["target"] = target
+    rec = recorded_attack(net, name) if net is not None else None
+    values = {**(rec or {}), **given}
+    if rec:
+        clash = [f"{k}={given[k]!r} (recorded {rec[k]!r})" for k in given if k in rec and given[k] != rec[k]]
+        if clash:
+            err_console.print(
+                f"backdoorkit: warning: {', '.join(clash)} contradicts the attack the model's sidecar "
+                "records; using the given value",
+                highlight=False,
+                soft_wrap=True,
+            )
+    try:
+        atk = build_attack(name, **values)
+    except ConfigError:
+        if not rec:
+            raise
+        atk = build_attack(name, **given)  # a record from another version: fall back to the flags
+        rec = None
     atk.setup(train, seed=seed)
+    if used is not None:
+        used.update(
+            attack=atk.name,
+            params={k: v for k, v in atk.describe().items() if k != "attack"},
+            from_sidecar=sorted(k for k in (rec or {}) if k not in given),
+            from_flags=sorted(given),
+        )
     return atk
 
 
@@ -127,7 +184,9 @@ def defend(
         None, "--attack", "-a", help="Attack to evaluate ASR with (never given to the defense)."
     ),
     param: list[str] | None = ParamOpt,
-    target: int = typer.Option(0, "--target", help="Target class of the evaluation attack."),
+    target: int | None = typer.Option(
+        None, "--target", help="Target class of the evaluation attack (default: the sidecar's, else 0)."
+    ),
     poison_rate: float | None = typer.Option(
         None, "--poison-rate", help="Robust training: poison rate, fraction (<1) or count (>=1)."
     ),
@@ -138,6 +197,7 @@ def defend(
     epochs: int | None = typer.Option(None, "--epochs", help="Robust training: epochs of the recipe."),
     reject: bool = typer.Option(False, "--reject", help="Detectors: report the guarded model's BA / ASR."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Save the defended model here (.safetensors)."),
+    arch: str | None = ArchOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the clean-sample draw and of the defense."),
     device: str = DeviceOpt,
     data_root: Path | None = DataRootOpt,
@@ -145,6 +205,13 @@ def defend(
 ) -> None:
     """Run DEFENSE in the scenario it serves; print BA/ASR before and after (or its detection / verdict)."""
     d = _defense_for(defense, defense_param, ("repair", "training", "detector", "inspector"), "defend")
+    if attack is None and (target is not None or attack_seed is not None):
+        raise ConfigError("--target / --attack-seed set the evaluation attack; give --attack too")
+    if epochs == 0:
+        raise ConfigError("--epochs 0 would leave the models untrained; give at least 1")
+    check_output(out, "--out")
+    if out is not None and d.kind not in ("repair", "training"):
+        raise ConfigError(f"--out saves a defended model; {d.name} ({d.kind}) produces none")
     common = {"dataset": dataset, "data_root": data_root, "seed": seed, "device": device}
     if d.kind == "training":
         if _is_model_file(model):
@@ -152,14 +219,21 @@ def defend(
                 f"{d.name} is robust training: it needs {needs_text(d.scenarios)}, not a model file "
                 f"(scenario S1); pass an architecture as --model (e.g. resnet18) and --attack"
             )
-        summary = run_training(d, model, attack, param, target, poison_rate, holdout, width, epochs, **common)
+        if arch is not None:
+            raise ConfigError(
+                "--arch describes a model file; robust training takes the architecture as --model"
+            )
+        tgt = 0 if target is None else target
+        summary = run_training(d, model, attack, param, tgt, poison_rate, holdout, width, epochs, **common)
     else:
         if not _is_model_file(model):
             raise ScenarioError(
                 f"{d.name} is a {d.kind} defense for scenario S1 (a suspicious model and a small clean "
                 f"set): --model must be a model file, not {model!r}"
             )
-        summary = run_on_model(d, Path(model), attack, param, target, attack_seed, clean_fraction, **common)
+        summary = run_on_model(
+            d, Path(model), attack, param, target, attack_seed, clean_fraction, arch=arch, **common
+        )
     _finish(d, summary, out, reject, json_out, model, dataset)
 
 
@@ -168,7 +242,7 @@ def run_on_model(
     model: Path,
     attack: str | None,
     param: list[str] | None,
-    target: int,
+    target: int | None,
     attack_seed: int | None,
     clean_fraction: float,
     *,
@@ -176,16 +250,21 @@ def run_on_model(
     data_root: Path | None,
     seed: int,
     device: str,
+    arch: str | None = None,
 ) -> dict[str, Any]:
-    """Scenario S1: a model file and clean training samples; ``before`` / ``after`` and the metrics."""
+    """Scenario S1: a model file and clean training samples; ``before`` / ``after`` and the metrics.
+
+    The evaluation attack takes its parameters from the model's sidecar when that records the same
+    attack (flags override); ``summary["eval_attack"]`` says which were used."""
     from backdoorkit.data import split_holdout
     from backdoorkit.defenses import DefenseInputs
 
     train_set, test_set = load_splits(dataset, data_root)
-    net = _load_checked(model, train_set.num_classes, device)
+    net = _load_checked(model, train_set, device, arch)
     amount = parse_amount(clean_fraction, "--clean-fraction", positive=True)
     _, clean = split_holdout(train_set, amount, seed, name="clean")
-    atk = _eval_attack(attack, target, param, train_set, _attack_seed(attack_seed, net))
+    used: dict[str, Any] = {}
+    atk = _eval_attack(attack, target, param, train_set, _attack_seed(attack_seed, net), net, used)
     before = _metrics(net, test_set, atk)
     result = d.run(DefenseInputs("S1", model=net, clean=clean, seed=seed, device=device))
     scored = d.evaluate(result, test_set, atk)
@@ -196,6 +275,8 @@ def run_on_model(
         "metrics": scored,
         "clean_samples": len(clean),
         "source": str(model),
+        "_evaluation": (test_set, atk),
+        **({"eval_attack": used} if used else {}),
     }
 
 
@@ -300,9 +381,10 @@ def _finish(
         info=result.info,
         seconds=result.seconds,
     )
-    if out is not None:
-        if d.kind not in ("repair", "training"):
-            raise ConfigError(f"--out saves a defended model; {d.name} ({d.kind}) produces none")
+    evaluation = summary.pop("_evaluation", None)
+    if out is not None and d.kind in ("detector", "inspector"):
+        summary["files"] = {k: str(v) for k, v in _write_evidence(d, result, evaluation, out).items()}
+    elif out is not None:
         config = {"command": "defend", "defense": d.describe(), "source": model, "dataset": dataset}
         summary["out"] = str(save_model(result.model, out, config=config))
     if json_out:
@@ -311,9 +393,46 @@ def _finish(
     _print(d, summary)
 
 
+def _write_evidence(d: Any, result: Any, evaluation: Any, out: Path) -> dict[str, Path]:
+    """Detectors: clean vs triggered score histograms (``scores.png``); inspectors: the recovered
+    trigger of the suspected target (``trigger.png``), when there is one."""
+    from backdoorkit.viz.detection import plot_score_histograms, save_recovered_trigger
+
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    if d.kind == "inspector":
+        v = result.verdict
+        if v is not None and v.trigger is not None and v.mask is not None:
+            title = f"{d.name}: suspected target {v.target}"
+            files["trigger"] = save_recovered_trigger(v.trigger, v.mask, out / "trigger.png", title=title)
+        return files
+    test, attack = evaluation if evaluation is not None else (None, None)
+    if test is None or attack is None:
+        raise ConfigError("--out draws clean vs triggered score histograms: give --attack too")
+    det = result.detector
+    device = next((p.device for p in result.model.parameters()), "cpu")
+    from backdoorkit.data.imageset import to_pixels
+
+    eligible = attack.asr_mask(test.y.cpu())
+    x = test.x.cpu()[eligible]
+    triggered = torch.cat(
+        [attack.apply(to_pixels(x[i : i + 512]).to(device)).cpu() for i in range(0, len(x), 512)]
+    )
+    files["scores"] = plot_score_histograms(
+        det.scores(test.x, device),
+        det.scores(triggered, device),
+        out / "scores.png",
+        threshold=det.threshold,
+        title=f"{d.name}: clean vs {attack.name}-triggered test images",
+    )
+    return files
+
+
 def _print(d: Any, summary: dict[str, Any]) -> None:
     before, after = summary["before"], summary["after"]
     console.print(f"[bold]{d.name}[/] ({d.kind}) on {summary['source']}: {summary['seconds']:.1f}s")
+    if "eval_attack" in summary:
+        console.print(eval_attack_line(summary["eval_attack"]), highlight=False, soft_wrap=True)
     for key in ("layers", "gammas"):
         if summary["info"].get(key):
             console.print(f"{key}: {summary['info'][key]}")
@@ -342,6 +461,18 @@ def _print(d: Any, summary: dict[str, Any]) -> None:
         console.print(f"saved {summary['out']}")
 
 
+def eval_attack_line(used: dict[str, Any]) -> str:
+    """``evaluation attack badnets: target=1, rate=0.1 (from the model's sidecar: rate, target)``."""
+    shown = {k: v for k, v in used["params"].items() if k in ("target", "rate") or k in used["from_flags"]}
+    text = ", ".join(f"{k}={v}" for k, v in sorted(shown.items()))
+    where = []
+    if used["from_sidecar"]:
+        where.append(f"from the model's sidecar: {', '.join(used['from_sidecar'])}")
+    if used["from_flags"]:
+        where.append(f"from flags: {', '.join(used['from_flags'])}")
+    return f"evaluation attack {used['attack']}: {text} ({'; '.join(where) or 'defaults'})"
+
+
 def parse_gammas(text: str | None) -> tuple[float, ...]:
     """``"1,0.5,0"`` (commas or spaces) -> ``(1.0, 0.5, 0.0)``; ``None`` -> the default grid."""
     from backdoorkit.analysis import DEFAULT_GAMMAS
@@ -363,11 +494,14 @@ def scan_skips_cmd(
     dataset: str = typer.Option("digits", "--dataset", "-d", help="Registered dataset name or path."),
     attack: str = typer.Option(..., "--attack", "-a", help="The attack whose ASR is scanned."),
     param: list[str] | None = ParamOpt,
-    target: int = typer.Option(0, "--target"),
+    target: int | None = typer.Option(
+        None, "--target", help="Target class (default: the sidecar's, else 0)."
+    ),
     attack_seed: int | None = typer.Option(None, "--attack-seed", help="Trigger seed (default: model's)."),
     gammas: str | None = typer.Option(None, "--gammas", help="Comma-separated grid (default 1.0,0.9,...,0)."),
     skip: list[str] | None = typer.Option(None, "--skip", help="Scan only these skips (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for skip_scan.csv / .json / .png."),
+    arch: str | None = ArchOpt,
     device: str = DeviceOpt,
     data_root: Path | None = DataRootOpt,
     json_out: bool = JsonOpt,
@@ -375,9 +509,13 @@ def scan_skips_cmd(
     """BA and ASR of MODEL as each skip connection alone is scaled by gamma (CSV, JSON and PNG)."""
     from backdoorkit.analysis import scan_skips
 
+    check_output(out, "--out", folder=True)
     train_set, test_set = load_splits(dataset, data_root)
-    net = _load_checked(model, train_set.num_classes, device)
-    atk = _eval_attack(attack, target, param, train_set, _attack_seed(attack_seed, net))
+    net = _load_checked(model, train_set, device, arch)
+    used: dict[str, Any] = {}
+    atk = _eval_attack(attack, target, param, train_set, _attack_seed(attack_seed, net), net, used)
+    if not json_out:
+        console.print(eval_attack_line(used), highlight=False, soft_wrap=True)
     scan = scan_skips(net, test_set, atk, parse_gammas(gammas), list(skip) if skip else None)
     scores = scan.scores("official")
     files = scan.save(out, title=f"{model.stem}: {attack} on {test_set.name}", highlight=[scores[0].skip])
@@ -385,6 +523,7 @@ def scan_skips_cmd(
         emit_json(
             {
                 **scan.to_dict(),
+                "eval_attack": used,
                 "scores": [s.__dict__ for s in scores],
                 "files": {k: str(v) for k, v in files.items()},
             }

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from backdoorkit.cli.app import app
-from backdoorkit.cli.common import console, err_console
+from backdoorkit.cli.common import check_output, console, err_console
 
 
 @app.command("run")
@@ -69,7 +69,9 @@ def run_cmd(
 @app.command("report")
 def report_cmd(
     db: Path = typer.Argument(..., help="A results database written by `backdoorkit run`."),
-    fmt: str = typer.Option("md", "--format", "-f", help="md, csv or latex."),
+    fmt: list[str] | None = typer.Option(
+        None, "--format", "-f", help="A report format (md, csv, latex ...; repeatable; default md)."
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write report.<ext> and the figures here."),
     asr_fail: float = typer.Option(0.2, "--asr-fail", help="A defense fails above this ASR (fraction)."),
     ba_drop: float = typer.Option(10.0, "--ba-drop", help="... or when BA drops more points than this."),
@@ -77,13 +79,20 @@ def report_cmd(
     figures: bool = typer.Option(True, "--figures/--no-figures", help="With --out: also draw figures."),
 ) -> None:
     """Report a results database in the papers' layout (rows = defenses, columns = dataset x attack)."""
-    from backdoorkit.experiment.report import render, write_report
+    from backdoorkit.errors import ConfigError
+    from backdoorkit.experiment.report import FORMATS, render, write_report
 
+    formats = tuple(dict.fromkeys(fmt or ["md"]))
+    for f in formats:
+        if f not in FORMATS:
+            raise ConfigError(f"--format {f!r}: choose one of {', '.join(FORMATS)}")
+    check_output(out, "--out", folder=True)
     if out is None:
-        typer.echo(render(db, fmt, asr_fail=asr_fail, ba_drop=ba_drop, spec_hash=spec_hash), nl=False)
+        for f in formats:
+            typer.echo(render(db, f, asr_fail=asr_fail, ba_drop=ba_drop, spec_hash=spec_hash), nl=False)
         return
     written = write_report(
-        db, out, formats=(fmt,), asr_fail=asr_fail, ba_drop=ba_drop, spec_hash=spec_hash, figures=figures
+        db, out, formats=formats, asr_fail=asr_fail, ba_drop=ba_drop, spec_hash=spec_hash, figures=figures
     )
     for path in written.values():
         err_console.print(f"wrote {path}", highlight=False)

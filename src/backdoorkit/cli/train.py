@@ -6,64 +6,29 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 import typer
 from torch import nn
 
 from backdoorkit.cli.app import app
 from backdoorkit.cli.common import (
+    ArchOpt,
     DataRootOpt,
     DeviceOpt,
     JsonOpt,
     ParamOpt,
+    check_output,
     console,
     emit_json,
+    load_model_file,
     load_splits,
     parse_params,
     pct,
 )
 from backdoorkit.data import ImageSet, parse_amount
-from backdoorkit.device import eval_mode
-from backdoorkit.errors import DataError, ModelFileError
+from backdoorkit.errors import ConfigError
 
 if TYPE_CHECKING:
     from backdoorkit.attacks.base import PoisonedSet
-
-
-def check_model_fits(net: nn.Module, data: ImageSet, source: str) -> None:
-    """Refuse, in one line, a model that cannot take ``data``'s images or predict its classes.
-
-    Checks the declared ``in_channels`` / ``image_size`` / ``num_classes`` where the model has them,
-    then runs one image through it (in eval mode, without gradients) to catch any other mismatch.
-    """
-    c, h, w = data.image_shape
-    want_c = getattr(net, "in_channels", None)
-    if isinstance(want_c, int) and want_c != c:
-        raise DataError(
-            f"{source}: the model takes {want_c}-channel images but {data.name} has {c}-channel images"
-        )
-    size = getattr(net, "image_size", None)
-    if isinstance(size, int) and (h, w) != (size, size):
-        raise DataError(f"{source}: the model takes {size}x{size} images but {data.name} has {h}x{w} images")
-    classes = getattr(net, "num_classes", None)
-    if isinstance(classes, int) and classes != data.num_classes:
-        raise ModelFileError(f"{source}: model has {classes} classes, dataset {data.name} {data.num_classes}")
-    if len(data) == 0:
-        return
-    device = next((p.device for p in net.parameters()), torch.device("cpu"))
-    try:
-        with torch.no_grad(), eval_mode(net):
-            out = net(data.pixels(slice(0, 1)).to(device))
-    except (RuntimeError, ValueError, IndexError) as exc:
-        reason = " ".join(str(exc).split())[:200]
-        raise DataError(
-            f"{source}: the model cannot take {data.name}'s {c}x{h}x{w} images ({reason})"
-        ) from None
-    if out.dim() != 2 or out.shape[1] != data.num_classes:
-        raise ModelFileError(
-            f"{source}: the model outputs shape {list(out.shape)}, "
-            f"not [N, {data.num_classes}] for {data.name}"
-        )
 
 
 @app.command()
@@ -76,10 +41,14 @@ def train(
     batch_size: int | None = typer.Option(None, "--batch-size"),
     augment: bool | None = typer.Option(None, "--augment/--no-augment"),
     attack: str | None = typer.Option(None, "--attack", "-a", help="Poison the training set first."),
-    target: int = typer.Option(0, "--target"),
+    target: int | None = typer.Option(None, "--target", help="Target class (default 0, or the preset's)."),
     poison_rate: float | None = typer.Option(None, "--poison-rate", help="Fraction (<1) or count (>=1)."),
     param: list[str] | None = ParamOpt,
+    preset: str | None = typer.Option(
+        None, "--preset", help="Paper preset NAME or NAME:fast (ssft_paper, ...); explicit options win."
+    ),
     init: Path | None = typer.Option(None, "--init", help="Start from these weights (safetensors/.pt)."),
+    arch: str | None = ArchOpt,
     out: Path | None = typer.Option(None, "--out", "-o", help="Save the model here (.safetensors)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = DeviceOpt,
@@ -89,10 +58,20 @@ def train(
 ) -> None:
     """Train MODEL on DATASET (optionally poisoned by ATTACK); print BA and ASR."""
     from backdoorkit.attacks import build_attack
-    from backdoorkit.checkpoint import load_model, save_model
+    from backdoorkit.checkpoint import save_model
     from backdoorkit.metrics import backdoor_metrics
     from backdoorkit.pipeline import make_model, recipe_for, train_victim
+    from backdoorkit.presets import preset_attack, preset_train
 
+    if attack is None:
+        given = [
+            n for n, v in (("--target", target), ("--poison-rate", poison_rate), ("-p/--param", param)) if v
+        ]
+        if given or target is not None:
+            raise ConfigError(f"{', '.join(given or ['--target'])}: set(s) the attack; give --attack too")
+    if epochs == 0 and init is None:
+        raise ConfigError("--epochs 0 would leave the model untrained; give --init to evaluate a model")
+    check_output(out, "--out")
     train_set, test_set = load_splits(dataset, data_root)
     atk = None
     poisoned: PoisonedSet | ImageSet = train_set
@@ -101,23 +80,19 @@ def train(
         params = parse_params(param)
         if poison_rate is not None:
             params["rate"] = parse_amount(poison_rate, "--poison-rate")
-        atk = build_attack(attack, target=target, **params)
+        atk = build_attack(attack, **preset_attack(preset, attack, target, params))
         ps = atk.poison(train_set, seed=seed)
         poisoned, train_set = ps, ps.data
         poison_info = {"poisoned": ps.count, **ps.info}
     cfg = recipe_for(
         train_set,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        augment=augment,
+        **preset_train(preset, epochs=epochs, lr=lr, batch_size=batch_size, augment=augment),
         seed=seed,
         device=device,
         progress=progress and not json_out,
     )
     if init is not None:
-        start_net = load_model(init)
-        check_model_fits(start_net, train_set, str(init))
+        start_net = load_model_file(init, train_set, arch=arch)
 
         def factory() -> nn.Module:
             return start_net

@@ -5,7 +5,8 @@ Every executor takes a job payload (see :func:`backdoorkit.experiment.stages.exe
 
 * :class:`InlineExecutor`: one job at a time in the calling process (``--jobs 1``);
 * :class:`ProcessExecutor`: ``N`` worker processes started with the *spawn* method (no forked torch
-  state); each worker sets its torch thread count to its share of the CPU cores;
+  state); each worker sets its torch thread count to its share of the CPU cores and exits when the
+  run's process dies (even by ``kill -9``), so no worker outlives it;
 * :class:`RayExecutor`: one remote task per job with ``num_cpus`` / ``num_gpus`` requests, on a running
   Ray cluster (``address``) or a local instance.  Ray is the optional extra ``backdoorkit[ray]`` and is
   imported only here.
@@ -49,7 +50,24 @@ class InlineExecutor:
         return None
 
 
-def _init_worker(threads: int) -> None:
+def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    """End this worker process as soon as its parent is gone (``kill -9`` of ``backdoorkit run``):
+    a daemon thread polls the parent pid, so no worker outlives the run."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(interval)
+
+    threading.Thread(target=watch, name="backdoorkit-parent-watch", daemon=True).start()
+
+
+def _init_worker(threads: int, parent: int | None = None) -> None:
+    if parent is not None:
+        _exit_with_parent(parent)
     import torch
 
     torch.set_num_threads(max(1, threads))
@@ -78,7 +96,7 @@ class ProcessExecutor:
             max_workers=self.slots,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.threads,),
+            initargs=(self.threads, os.getpid()),
         )
 
     def submit(self, payload: dict[str, Any]) -> Future:

@@ -18,6 +18,7 @@ cells of its spec (``--force`` recomputes them, from the artefact cache where po
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -226,6 +227,7 @@ def run_experiment(
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: need at least one job")
     plan = expand(spec)
+    preflight(plan, executor)
     db_path = Path(db).expanduser() if db is not None else default_db(spec)
     cache_root = (
         Path(cache_dir).expanduser()
@@ -291,6 +293,91 @@ def run_experiment(
         summary.seconds = time.perf_counter() - start
         store.close()
     return summary
+
+
+def preflight(plan: Plan, executor: str = "local") -> None:
+    """Refuse, before the first cell runs, what would make cells fail: no runnable cell, a device this
+    machine lacks (local executor), a model that cannot be built (arguments out of bounds, too many
+    parameters: built on the meta device, nothing allocated), a target out of range for a dataset.
+
+    Raises:
+        ConfigError: one line, ``spec: ...``.
+    """
+    from backdoorkit.device import check_device
+
+    if not plan.cells:
+        raise ConfigError("spec: the matrix has no cells")
+    if not plan.runnable:
+        raise ConfigError(f"spec: every cell of the matrix is skipped ({plan.skipped[0].skip_reason})")
+    if executor == "local":
+        try:
+            check_device(plan.spec.device)
+        except ConfigError as exc:
+            raise ConfigError(f"spec: {exc}") from None
+    seen: set[str] = set()
+    for cell in plan.runnable:
+        key = describe_model(cell)
+        if key not in seen:
+            seen.add(key)
+            _check_buildable(cell)
+    _check_targets(plan.runnable)
+
+
+def describe_model(cell: Cell) -> str:
+    import json
+
+    return json.dumps(cell.model, sort_keys=True, default=str)
+
+
+def _check_buildable(cell: Cell) -> None:
+    import torch
+
+    from backdoorkit.models.registry import build_model, model_args
+
+    model = cell.model
+    kwargs = dict(model.get("kwargs") or {})
+    if model.get("width") is not None:
+        kwargs["width"] = model["width"]
+    if "image_size" in model_args(model["arch"]) and "image_size" not in kwargs:
+        kwargs["image_size"] = cell.dataset.image_size or _test_split(cell).image_shape[1]
+    try:
+        with torch.device("meta"):
+            build_model(model["arch"], **kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"spec: models: {cell.model_label}: {exc}") from None
+
+
+def _check_targets(cells: list[Cell]) -> None:
+    """Targets against each dataset's number of classes (datasets are loaded only when some target is
+    at least 2, the fewest classes a dataset has)."""
+    by_dataset: dict[str, tuple[Cell, int]] = {}
+    for c in cells:
+        target = c.attack_params.get("target") if c.attack != NO_ATTACK else None
+        if isinstance(target, int) and target >= 2 and c.attack_params.get("mode", "all2one") != "all2all":
+            top = by_dataset.get(c.dataset.identity)
+            if top is None or target > top[1]:
+                by_dataset[c.dataset.identity] = (c, target)
+    for cell, target in by_dataset.values():
+        ref = cell.dataset
+        test = _test_split(cell)
+        if target >= test.num_classes:
+            raise ConfigError(
+                f"spec: attacks: {cell.attack_label}: target {target} is out of range for "
+                f"{ref.label} ({test.num_classes} classes: 0 to {test.num_classes - 1})"
+            )
+
+
+@functools.lru_cache(maxsize=8)
+def _test_split_of(name: str, data_root: str | None, image_size: int | None, identity: str) -> Any:
+    from backdoorkit.data import load_dataset
+
+    return load_dataset(name, "test", data_root, image_size=image_size)
+
+
+def _test_split(cell: Cell) -> Any:
+    """The test split of a cell's dataset (its class count and image size), loaded once per run."""
+    ref = cell.dataset
+    return _test_split_of(ref.name, ref.data_root, ref.image_size, ref.identity)
 
 
 def plan_of(spec: Spec | str | Path) -> Plan:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from backdoorkit.cache import hash_key
 from backdoorkit.errors import BackdoorkitError, ConfigError
@@ -58,6 +58,40 @@ ALL_DEFENSES = "*"
 # ---------------------------------------------------------------------------------------- the schema
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                info = cls.model_fields.get(key) if isinstance(key, str) else None
+                if info is not None and bool_misplaced(value, info.annotation):
+                    raise ValueError(f"{key}: {value!r} is a boolean where a number or name is expected")
+        return data
+
+
+def _allows_bool(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    return any(_allows_bool(a) for a in typing.get_args(annotation))
+
+
+def bool_misplaced(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` (or an item of a list ``value``) is a boolean and ``annotation`` takes none
+    (pydantic would quietly read ``true`` as ``1``)."""
+    if _allows_bool(annotation):
+        return False
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, list) and any(isinstance(v, bool) for v in value)
+
+
+def refuse_bools(values: dict[str, Any], model: type[BaseModel], owner: str) -> None:
+    """A one-line :class:`ConfigError` for a boolean given to a field of ``model`` that takes none."""
+    for key, value in values.items():
+        info = model.model_fields.get(key)
+        if info is not None and bool_misplaced(value, info.annotation):
+            raise ConfigError(f"{owner}: {key}: {value!r} is a boolean where a number or name is expected")
 
 
 def _as_entry(value: Any, key: str) -> Any:
@@ -140,6 +174,7 @@ class Spec(_Strict):
     base_dir: str | None = Field(
         None, description="where relative paths resolve (default: the spec's folder)"
     )
+    preset: str | dict[str, str] | None = Field(None, description="paper preset applied at load (presets.py)")
 
     @field_validator("datasets", mode="before")
     @classmethod
@@ -204,6 +239,10 @@ def parse_spec(data: dict[str, Any], *, base_dir: str | Path | None = None) -> S
     if not isinstance(data, dict):
         raise ConfigError(f"spec: expected a mapping of keys, got {type(data).__name__}")
     data = dict(data)
+    if data.get("preset") is not None:  # paper presets fill what the spec leaves open (backdoorkit.presets)
+        from backdoorkit.presets import apply_to_spec
+
+        data = apply_to_spec(data)
     if base_dir is not None and data.get("base_dir") is None:
         data["base_dir"] = str(Path(base_dir).resolve())
     try:
@@ -219,16 +258,109 @@ def load_spec(path: str | Path) -> Spec:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"{path}: no such spec file")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise ConfigError(f"{path}: spec of {path.stat().st_size:,} bytes is larger than {MAX_SPEC_BYTES:,}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path.read_bytes())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     try:
         return parse_spec(data or {}, base_dir=path.parent)
     except ConfigError as exc:
         raise ConfigError(f"{path.name}: {exc}") from None
+
+
+MAX_SPEC_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32
+MAX_YAML_NODES = 100_000
+"""Bounds of a spec file: its size, its nesting, and its number of values once aliases are expanded
+(so a "billion laughs" file is refused before anything expands it)."""
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses duplicate keys, nesting deeper than :data:`MAX_YAML_DEPTH` and
+    documents of more than :data:`MAX_YAML_NODES` values after alias expansion."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise ConfigError(f"nested deeper than {MAX_YAML_DEPTH} levels (line {line})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expanded_size(node)
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:
+                    continue  # unhashable keys are refused by the constructor itself
+                if duplicate:
+                    raise ConfigError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _check_expanded_size(root: Any) -> None:
+    """Count the values of a composed YAML document as if every alias were copied (memoised, linear)."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    active: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            active.discard(key)
+            kids = _children(node)
+            sizes[key] = 1 + sum(sizes[id(k)] for k in kids)
+            if sizes[key] > MAX_YAML_NODES:
+                raise ConfigError(f"more than {MAX_YAML_NODES:,} values once its aliases are expanded")
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise ConfigError("a recursive alias")
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((k, False) for k in _children(node) if id(k) not in sizes)
+
+
+def _children(node: Any) -> list[Any]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def read_yaml(text: str | bytes) -> Any:
+    """A YAML document through :class:`_SpecLoader` (safe tags only, the bounds above)."""
+    loader = _SpecLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _model_class(annotation: Any) -> type[BaseModel] | None:
@@ -290,10 +422,26 @@ def _train_fields() -> list[str]:
 
 
 def _check_train(where: str, overrides: dict[str, Any]) -> None:
+    from backdoorkit.train import TrainConfig
+
     allowed = _train_fields()
     for key in overrides:
         if key not in allowed:
             raise ConfigError(f"spec: {where}: unknown training key {key!r}; allowed: {', '.join(allowed)}")
+    refuse_bools(overrides, TrainConfig, f"spec: {where}")
+
+
+def _check_model_values(i: int, m: ModelEntry) -> None:
+    """Width and architecture arguments in their bounds (every value of a list), before any cell."""
+    from backdoorkit.models.registry import check_model_args
+
+    values = {"width": m.width, **m.kwargs}
+    for key, value in values.items():
+        for v in value if isinstance(value, list) and key not in ("mean", "std") else [value]:
+            try:
+                check_model_args(m.arch.lower(), {key: v})
+            except ConfigError as exc:
+                raise ConfigError(f"spec: models[{i}]: {exc}") from None
 
 
 def check_spec(spec: Spec) -> None:
@@ -303,6 +451,9 @@ def check_spec(spec: Spec) -> None:
     once (:func:`build_method`): their ``Params`` models forbid unknown keys.
     """
     datasets, models, attacks, defenses = _registries()
+    for key in ("datasets", "models", "attacks", "defenses"):
+        if not getattr(spec, key):
+            raise ConfigError(f"spec: {key} is empty, so the matrix has no cells")
     for i, ds in enumerate(spec.datasets):
         if ds.name.lower() not in datasets and not _dataset_path(spec, ds.name).exists():
             raise ConfigError(
@@ -334,6 +485,7 @@ def check_spec(spec: Spec) -> None:
                     f"spec: models[{i}].kwargs: {m.arch} does not take {key!r}; allowed: "
                     + (", ".join(a for a in accepted if a != "width") or "nothing besides width")
                 )
+        _check_model_values(i, m)
         _check_train(f"models[{i}].train", m.train)
     for i, a in enumerate(spec.attacks):
         if a.name.lower() == NO_ATTACK:
@@ -380,11 +532,15 @@ def check_spec(spec: Spec) -> None:
     if spec.device != "auto":
         import torch
 
+        from backdoorkit.device import DEVICE_TYPES
+
         try:
-            torch.device(spec.device)
+            kind = torch.device(spec.device).type
         except (RuntimeError, ValueError):
+            kind = None
+        if kind not in DEVICE_TYPES:
             raise ConfigError(
-                f"spec: device: {spec.device!r} is not a device (auto, cpu, cuda, cuda:1 ...)"
+                f"spec: device: {spec.device!r} is not a device (auto, cpu, cuda, cuda:1, mps)"
             ) from None
 
 
@@ -870,6 +1026,7 @@ def build_method(cls: Any, values: dict[str, Any], where: str) -> Any:
     parameter is a one-line :class:`ConfigError` ``"spec: <where> (<name>): ..."`` (an unknown key lists
     the allowed ones, through :func:`format_validation_error` on the class's ``Params``)."""
     owner = f"spec: {where}" + ("" if where.endswith(f".{cls.name}") else f" ({cls.name})")
+    refuse_bools(values, cls.Params, owner)
     try:
         cls.Params.model_validate(values)
     except ValidationError as exc:

@@ -182,6 +182,26 @@ def check_results_db(path: Path) -> None:
         )
 
 
+def check_db_target(path: Path) -> None:
+    """Raise a one-line :class:`ConfigError` when a results database cannot be created or written at
+    ``path`` (a folder, a place under a file, an unwritable folder or file); nothing is created."""
+    if path.is_dir():
+        raise ConfigError(f"--db {path}: is a folder, not a results database file")
+    if path.exists():
+        if not path.is_file():
+            raise ConfigError(f"--db {path}: is not a regular file")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise ConfigError(f"--db {path}: not writable")
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--db {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--db {path}: cannot create it in {parent} (not writable)")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -202,6 +222,7 @@ class ResultStore:
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = Path(path).expanduser()
         if create:
+            check_db_target(self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.is_file() and self.path.stat().st_size:
                 check_results_db(self.path)

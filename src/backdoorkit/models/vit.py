@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backdoorkit.errors import ConfigError
 from backdoorkit.models.base import ImageClassifier
 from backdoorkit.models.skips import Skip
 
@@ -23,7 +24,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+            raise ConfigError(f"dim {dim} is not divisible by heads {heads}")
         self.heads = heads
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
@@ -110,7 +111,7 @@ class ViT(ImageClassifier):
     ) -> None:
         super().__init__(num_classes, in_channels, mean, std)
         if image_size % patch:
-            raise ValueError(f"image_size {image_size} is not a multiple of patch {patch}")
+            raise ConfigError(f"image_size {image_size} is not a multiple of patch {patch}")
         self.image_size = image_size
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, patch)
         tokens = (image_size // patch) ** 2
