@@ -215,10 +215,10 @@ def test_build_from_spec_errors() -> None:
         ),
         (lambda c: c.update(arch="no_such_wrapper"), "unknown model or wrapper"),
         (lambda c: c["kwargs"].update(scale="x", colour=1), "unexpected keyword argument 'colour'"),
-        (lambda c: c["children"]["host"]["kwargs"].update(width=-3), "width must be >= 1"),
+        (lambda c: c["children"]["host"]["kwargs"].update(width=-3), "width -3 is out of range"),
         (lambda c: c["children"]["host"]["kwargs"].update(depth=3), "does not take depth"),
-        (lambda c: c.update(children={"host": 5}), "malformed description of child model 'host'"),
-        (lambda c: c.update(kwargs=[1]), "malformed model description"),
+        (lambda c: c.update(children={"host": 5}), "invalid sidecar: children.host"),
+        (lambda c: c.update(kwargs=[1]), "invalid sidecar: kwargs"),
     ],
 )
 def test_unrebuildable_sidecar_is_one_line_model_file_error(

@@ -13,10 +13,12 @@ pickle is refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,18 +111,25 @@ def header_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], str]]:
     from safetensors import safe_open
 
     path = Path(path)
+    with _malformed_safetensors(path), safe_open(str(path), framework="pt") as fh:
+        out = {}
+        for key in fh.keys():  # noqa: SIM118 (safe_open is not iterable)
+            sl = fh.get_slice(key)
+            out[key] = (tuple(int(d) for d in sl.get_shape()), str(sl.get_dtype()))
+        return out
+
+
+@contextlib.contextmanager
+def _malformed_safetensors(path: Path) -> Iterator[None]:
+    """Any failure of the safetensors reader inside the block becomes one :class:`ModelFileError`
+    line (the Rust reader reports some corruptions as a ``PanicException``, a BaseException)."""
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            out = {}
-            for key in fh.keys():  # noqa: SIM118 (safe_open is not iterable)
-                sl = fh.get_slice(key)
-                out[key] = (tuple(int(d) for d in sl.get_shape()), str(sl.get_dtype()))
-            return out
-    except Exception as exc:  # SafetensorError, OSError ...
+        yield
+    except Exception as exc:  # SafetensorError, OSError, ... : the file is not what it claims
         raise ModelFileError(
             f"{path}: malformed safetensors file ({one_line(exc, with_type=False)})"
         ) from None
-    except BaseException as exc:  # the Rust reader reports some corruptions as a PanicException
+    except BaseException as exc:
         if type(exc).__name__ != "PanicException":
             raise
         raise ModelFileError(
@@ -136,18 +145,8 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        try:
+        with _malformed_safetensors(path):
             state = load_file(str(path))
-        except Exception as exc:  # SafetensorError, OSError, ... : the file is not what it claims
-            raise ModelFileError(
-                f"{path}: malformed safetensors file ({one_line(exc, with_type=False)})"
-            ) from None
-        except BaseException as exc:  # the Rust reader reports some corruptions as a PanicException
-            if type(exc).__name__ != "PanicException":
-                raise
-            raise ModelFileError(
-                f"{path}: malformed safetensors file ({one_line(exc, with_type=False)})"
-            ) from None
     elif path.suffix in LEGACY_SUFFIXES:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)

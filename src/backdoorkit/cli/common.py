@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from backdoorkit.data import ImageSet, load_dataset
 from backdoorkit.device import eval_mode
 from backdoorkit.errors import ConfigError, DataError, ModelFileError
 from backdoorkit.jsonable import to_jsonable
+from backdoorkit.paths import check_writable
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -32,28 +32,8 @@ ArchOpt = typer.Option(
 )
 
 
-def check_output(path: Path | None, what: str, *, folder: bool = False) -> None:
-    """Refuse, before any work, an output path that cannot be written: an existing path of the wrong
-    kind (a folder for a file, a file for a folder), or a nearest existing parent that is not a
-    writable folder."""
-    if path is None:
-        return
-    path = Path(path).expanduser()
-    if path.exists():
-        if folder and not path.is_dir():
-            raise ConfigError(f"{what} {path}: exists and is not a folder")
-        if not folder and path.is_dir():
-            raise ConfigError(f"{what} {path}: is a folder, not a file")
-        if not os.access(path, os.W_OK):
-            raise ConfigError(f"{what} {path}: not writable")
-        return
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"{what} {path}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {path}: cannot write into {parent}")
+check_output = check_writable
+"""Refuse, before any work, an output path that cannot be written (:func:`paths.check_writable`)."""
 
 
 def load_model_file(
@@ -140,7 +120,6 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     """``["alpha=0.2", "variant=grid"]`` -> ``{"alpha": 0.2, "variant": "grid"}`` (YAML scalars)."""
     import yaml
 
-    from backdoorkit.errors import ConfigError
 
     out: dict[str, Any] = {}
     for item in items or []:

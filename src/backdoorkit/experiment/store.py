@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from backdoorkit.errors import ConfigError
 from backdoorkit.experiment.spec import Cell, Plan
 from backdoorkit.jsonable import to_jsonable
+from backdoorkit.paths import check_writable
 
 if TYPE_CHECKING:
     import pandas
@@ -187,19 +188,7 @@ def check_db_target(path: Path) -> None:
     ``path`` (a folder, a place under a file, an unwritable folder or file); nothing is created."""
     if path.is_dir():
         raise ConfigError(f"--db {path}: is a folder, not a results database file")
-    if path.exists():
-        if not path.is_file():
-            raise ConfigError(f"--db {path}: is not a regular file")
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise ConfigError(f"--db {path}: not writable")
-        return
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"--db {path}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--db {path}: cannot create it in {parent} (not writable)")
+    check_writable(path, "--db")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -91,9 +91,26 @@ class ImageClassifier(nn.Module):
         self.in_channels = in_channels
         self.normalize = Normalize(mean, std)
 
-    def chain(self) -> list[tuple[str, nn.Module]]:  # pragma: no cover - abstract
+    chain_names: tuple[str, ...] = ()
+    """The names of :meth:`chain`'s modules in order (``"*stages"`` expands to ``stage_names``)."""
+
+    def chain(self) -> list[tuple[str, nn.Module]]:
         """``(name, module)`` pairs whose composition is the forward pass, the head last."""
-        raise NotImplementedError
+        names: list[str] = []
+        for n in self.chain_names:
+            names += list(self.stage_names) if n == "*stages" else [n]
+        return [(n, getattr(self, n)) for n in names]
+
+    def _pooled_head(self, cin: int, num_classes: int, *, preact: bool = False) -> None:
+        """The end every CNN here shares: (BN + ReLU for pre-activation networks), global average
+        pooling, flatten, the linear classifier ``fc``."""
+        if preact:
+            self.bn = nn.BatchNorm2d(cin)
+            self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.fc = nn.Linear(cin, num_classes)
+        self.feature_dim = cin
 
     def _run(self, x: torch.Tensor, stop: str | None = None) -> torch.Tensor:
         """Apply the chain up to (excluding) the entry ``stop``; the whole chain when ``None``."""

@@ -38,6 +38,7 @@ class PreActBlock(nn.Module):
 
 class PreActResNet(ImageClassifier):
     stage_names = ("layer1", "layer2", "layer3", "layer4")
+    chain_names = ("normalize", "conv1", "*stages", "bn", "relu", "pool", "flatten", "fc")
 
     def __init__(
         self,
@@ -58,16 +59,7 @@ class PreActResNet(ImageClassifier):
                 blocks.append(PreActBlock(cin, planes, stride=(1 if i == 0 or j > 0 else 2)))
                 cin = planes
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-        self.bn = nn.BatchNorm2d(cin)
-        self.relu = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.fc = nn.Linear(cin, num_classes)
-        self.feature_dim = cin
-
-    def chain(self) -> list[tuple[str, nn.Module]]:
-        names = ("normalize", "conv1", *self.stage_names, "bn", "relu", "pool", "flatten", "fc")
-        return [(n, getattr(self, n)) for n in names]
+        self._pooled_head(cin, num_classes, preact=True)
 
 
 def preact_resnet18(**kw: object) -> PreActResNet:

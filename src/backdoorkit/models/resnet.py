@@ -72,6 +72,7 @@ class ResNet(ImageClassifier):
     """CIFAR-style ResNet: 3x3 stem, four stages ``layer1..layer4``, global average pool, ``fc``."""
 
     stage_names = ("layer1", "layer2", "layer3", "layer4")
+    chain_names = ("normalize", "conv1", "bn1", "relu", "*stages", "pool", "flatten", "fc")
 
     def __init__(
         self,
@@ -97,14 +98,7 @@ class ResNet(ImageClassifier):
                 blocks.append(block(cin, planes, stride=(1 if i == 0 or j > 0 else 2)))
                 cin = planes * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.fc = nn.Linear(cin, num_classes)
-        self.feature_dim = cin
-
-    def chain(self) -> list[tuple[str, nn.Module]]:
-        names = ("normalize", "conv1", "bn1", "relu", *self.stage_names, "pool", "flatten", "fc")
-        return [(n, getattr(self, n)) for n in names]
+        self._pooled_head(cin, num_classes)
 
 
 def resnet18(**kw: object) -> ResNet:

@@ -15,6 +15,7 @@ VGG16 = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)
 
 class VGG(ImageClassifier):
     stage_names = ("stage1", "stage2", "stage3", "stage4", "stage5")
+    chain_names = ("normalize", "*stages", "pool", "flatten", "fc")
 
     def __init__(
         self,
@@ -35,14 +36,7 @@ class VGG(ImageClassifier):
                 cin = cout
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
             self.add_module(f"stage{i + 1}", nn.Sequential(*layers))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.fc = nn.Linear(cin, num_classes)
-        self.feature_dim = cin
-
-    def chain(self) -> list[tuple[str, nn.Module]]:
-        names = ("normalize", *self.stage_names, "pool", "flatten", "fc")
-        return [(n, getattr(self, n)) for n in names]
+        self._pooled_head(cin, num_classes)
 
 
 def vgg16_bn(**kw: object) -> VGG:

@@ -42,6 +42,7 @@ class WideBlock(nn.Module):
 
 class WideResNet(ImageClassifier):
     stage_names = ("block1", "block2", "block3")
+    chain_names = ("normalize", "conv1", "*stages", "bn", "relu", "pool", "flatten", "fc")
 
     def __init__(
         self,
@@ -68,16 +69,7 @@ class WideResNet(ImageClassifier):
                 blocks.append(WideBlock(cin, channels[g + 1], (1 if g == 0 or j > 0 else 2), dropout))
                 cin = channels[g + 1]
             self.add_module(f"block{g + 1}", nn.Sequential(*blocks))
-        self.bn = nn.BatchNorm2d(cin)
-        self.relu = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.fc = nn.Linear(cin, num_classes)
-        self.feature_dim = cin
-
-    def chain(self) -> list[tuple[str, nn.Module]]:
-        names = ("normalize", "conv1", *self.stage_names, "bn", "relu", "pool", "flatten", "fc")
-        return [(n, getattr(self, n)) for n in names]
+        self._pooled_head(cin, num_classes, preact=True)
 
 
 def wrn(depth: int = 16, widen: int = 1, **kw: object) -> WideResNet:
