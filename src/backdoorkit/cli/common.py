@@ -120,7 +120,6 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
     """``["alpha=0.2", "variant=grid"]`` -> ``{"alpha": 0.2, "variant": "grid"}`` (YAML scalars)."""
     import yaml
 
-
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
