@@ -437,3 +437,38 @@ def test_paper_file_found_through_the_runs_table(db: Path, tmp_path: Path) -> No
     other = _paper(spec_dir, PAPER_YAML.replace("99.1", "42.4"), "elsewhere.yaml")
     spec.write_text("name: table\npaper: elsewhere.yaml\n")
     assert find_paper(db) == other and "42.4" in render(db, "md")
+
+
+def test_report_command_paper_options(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--paper FILE`` puts that file's numbers beside ours; ``--no-paper`` drops the one found by
+    itself; a missing file or both options at once are one line and exit 2."""
+    from backdoorkit.cli import main
+    from backdoorkit.experiment.spec import Spec
+
+    def report(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exc:
+            main(["report", str(db), *args])
+        out = capsys.readouterr()
+        return exc.value.code or 0, out.out, out.err
+
+    paper = _paper(tmp_path)
+    code, out, _ = report("--paper", str(paper))
+    assert code == 0 and "digits / badnets BA (paper)" in out and "A paper, Table 1 (digits)" in out
+    spec_dir = tmp_path / "specs"
+    spec_dir.mkdir()
+    (spec_dir / "table.yaml").write_text("name: table\n")
+    _paper(spec_dir)
+    store = ResultStore(db)
+    store.start_run("spec0001", "table", ["run", str(spec_dir / "table.yaml")])
+    store.close()
+    assert "BA (paper)" in report()[1]
+    code, out, _ = report("--no-paper")
+    assert code == 0 and "BA (paper)" not in out
+    code, _, err = report("--paper", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "no such paper-numbers file" in err and "Traceback" not in err
+    code, _, err = report("--paper", str(paper), "--no-paper")
+    assert code == 2 and "choose one" in err
+    # the spec schema takes the paper: key the report reads
+    assert (
+        Spec(datasets=["digits"], models=["resnet18"], attacks=["badnets"], paper="x.yaml").paper == "x.yaml"
+    )

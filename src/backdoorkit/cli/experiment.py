@@ -77,22 +77,41 @@ def report_cmd(
     ba_drop: float = typer.Option(10.0, "--ba-drop", help="... or when BA drops more points than this."),
     spec_hash: str | None = typer.Option(None, "--spec", help="Only the cells of this spec hash (prefix)."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="With --out: also draw figures."),
+    paper: Path | None = typer.Option(
+        None,
+        "--paper",
+        help="A paper-numbers YAML to show beside ours (default: the spec's paper: entry or "
+        "<spec>.paper.yaml, found through the database's runs).",
+    ),
+    no_paper: bool = typer.Option(False, "--no-paper", help="Show our numbers only."),
 ) -> None:
     """Report a results database in the papers' layout (rows = defenses, columns = dataset x attack)."""
     from backdoorkit.errors import ConfigError
-    from backdoorkit.experiment.report import FORMATS, render, write_report
+    from backdoorkit.experiment.report import FORMATS, load_paper, render, write_report
 
     formats = tuple(dict.fromkeys(fmt or ["md"]))
     for f in formats:
         if f not in FORMATS:
             raise ConfigError(f"--format {f!r}: choose one of {', '.join(FORMATS)}")
+    if paper is not None and no_paper:
+        raise ConfigError("--paper and --no-paper: choose one")
     check_output(out, "--out", folder=True)
+    numbers = dict(paper=load_paper(paper) if paper is not None else None, auto_paper=not no_paper)
     if out is None:
         for f in formats:
-            typer.echo(render(db, f, asr_fail=asr_fail, ba_drop=ba_drop, spec_hash=spec_hash), nl=False)
+            typer.echo(
+                render(db, f, asr_fail=asr_fail, ba_drop=ba_drop, spec_hash=spec_hash, **numbers), nl=False
+            )
         return
     written = write_report(
-        db, out, formats=formats, asr_fail=asr_fail, ba_drop=ba_drop, spec_hash=spec_hash, figures=figures
+        db,
+        out,
+        formats=formats,
+        asr_fail=asr_fail,
+        ba_drop=ba_drop,
+        spec_hash=spec_hash,
+        figures=figures,
+        **numbers,
     )
     for path in written.values():
         err_console.print(f"wrote {path}", highlight=False)

@@ -175,6 +175,11 @@ class Spec(_Strict):
         None, description="where relative paths resolve (default: the spec's folder)"
     )
     preset: str | dict[str, str] | None = Field(None, description="paper preset applied at load (presets.py)")
+    paper: str | None = Field(
+        None,
+        description="the paper-numbers file the report shows beside ours (relative to the spec's folder; "
+        "default: <spec file stem>.paper.yaml next to the spec)",
+    )
 
     @field_validator("datasets", mode="before")
     @classmethod
