@@ -10,8 +10,6 @@ import gzip
 import io
 import struct
 import tarfile
-import time
-import tracemalloc
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,32 +20,21 @@ from PIL import Image
 
 from backdoorkit.data import limits, load_dataset
 from backdoorkit.errors import DataError
+from hardening_helpers import isolate
+from hardening_helpers import refused_within_bounds as refused_within
 
 PEAK_MB = 32  # every refusal below stays under this much Python / numpy memory
 SECONDS = 5.0  # and under this much time (on a loaded 2-core CPU)
 
 
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("BACKDOORKIT_DATA", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
-
-
 def refused_within_bounds(load: Callable[[], object], match: str) -> None:
     """``load()`` raises a one-line DataError matching ``match``, within PEAK_MB and SECONDS."""
-    tracemalloc.start()
-    start = time.perf_counter()
-    try:
-        with pytest.raises(DataError, match=match) as err:
-            load()
-        seconds = time.perf_counter() - start
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert "\n" not in str(err.value)
-    assert peak < PEAK_MB << 20, f"peak {peak / 2**20:.1f} MB"
-    assert seconds < SECONDS, f"{seconds:.1f} s"
+    refused_within(load, match, error=DataError, peak_mb=PEAK_MB, seconds=SECONDS)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    isolate(monkeypatch, tmp_path)
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:

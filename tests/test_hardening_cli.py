@@ -5,39 +5,24 @@ written into).  Each ends with exit code 2 and one line on stderr, never a trace
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from backdoorkit.cli import main
+from hardening_helpers import cli_error as one_line_error
+from hardening_helpers import isolate
 
 SECONDS = 20.0  # every refusal below happens before training: well under one epoch on a loaded CPU
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("BACKDOORKIT_DATA", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("BACKDOORKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
+    isolate(monkeypatch, tmp_path)
 
 
 def cli_error(capsys: pytest.CaptureFixture, *args: str) -> str:
-    """Run the CLI in-process; assert exit 2, exactly one stderr line, no traceback; return the line."""
-    start = time.perf_counter()
-    with pytest.raises(SystemExit) as done:
-        main(list(args))
-    seconds = time.perf_counter() - start
-    out = capsys.readouterr()
-    lines = [ln for ln in out.err.splitlines() if ln.strip()]
-    assert done.value.code == 2, out.err[-2000:]
-    assert len(lines) == 1, out.err[-2000:]
-    assert lines[0].startswith("backdoorkit: error: ")
-    assert "Traceback" not in out.err + out.out and "╭" not in out.err
-    assert seconds < SECONDS, f"{seconds:.1f} s"
-    return lines[0]
+    return one_line_error(capsys, *args, seconds=SECONDS)
 
 
 TRAIN = ("train", "-d", "digits", "--width", "2", "--epochs", "1")

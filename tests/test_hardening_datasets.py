@@ -14,31 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backdoorkit.cli import main
 from backdoorkit.data import load_dataset
 from backdoorkit.data.cifar import CIFAR10_CLASSES
 from backdoorkit.errors import DataError
+from hardening_helpers import cli_error, isolate
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("BACKDOORKIT_DATA", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("BACKDOORKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-
-
-def cli_error(capsys: pytest.CaptureFixture, *args: str) -> str:
-    """Run the CLI in-process; assert exit 2, exactly one stderr line, no traceback; return the line."""
-    with pytest.raises(SystemExit) as done:
-        main(list(args))
-    out = capsys.readouterr()
-    lines = [ln for ln in out.err.splitlines() if ln.strip()]
-    assert done.value.code == 2, out.err[-2000:]
-    assert len(lines) == 1, out.err[-2000:]
-    assert lines[0].startswith("backdoorkit: error: ")
-    assert "Traceback" not in out.err + out.out
-    return lines[0]
+    isolate(monkeypatch, tmp_path)
 
 
 def train_error(capsys: pytest.CaptureFixture, dataset: Path | str, *needles: str) -> str:

@@ -6,8 +6,6 @@ attack of ``scan-skips`` taken from the sidecar's record (the silent wrong resul
 from __future__ import annotations
 
 import json
-import time
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -15,40 +13,24 @@ import pytest
 import torch
 
 from backdoorkit.checkpoint import load_model, save_model, sidecar_path
-from backdoorkit.cli import main
 from backdoorkit.data import load_dataset
 from backdoorkit.errors import ConfigError, ModelFileError
 from backdoorkit.models import build_model
 from backdoorkit.pipeline import make_model
+from hardening_helpers import cli_error, isolate, run_cli
+from hardening_helpers import refused_within_bounds as refused_within
 
 PEAK_MB = 64  # refusing an absurd sidecar stays under this much Python memory
 SECONDS = 10.0  # and this much time (a loaded 2-core CPU)
 
 
+def refused_within_bounds(load: Any, error: type[Exception], match: str) -> None:
+    refused_within(load, match, error=error, peak_mb=PEAK_MB, seconds=SECONDS)
+
+
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("BACKDOORKIT_DATA", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("BACKDOORKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-
-
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(list(args))
-    out = capsys.readouterr()
-    return int(done.value.code or 0), out.out, out.err
-
-
-def cli_error(capsys: pytest.CaptureFixture, *args: str) -> str:
-    """Run the CLI in-process; assert exit 2, exactly one stderr line, no traceback; return the line."""
-    code, out, err = run_cli(capsys, *args)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert code == 2, err[-2000:]
-    assert len(lines) == 1, err[-2000:]
-    assert lines[0].startswith("backdoorkit: error: ")
-    assert "Traceback" not in err + out
-    return lines[0]
+    isolate(monkeypatch, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -139,21 +121,6 @@ def test_absurd_width_refused_before_allocation(model_file: Path) -> None:
 def test_header_shapes_compared_with_sidecar_before_building(model_file: Path) -> None:
     edit_card(model_file, kwargs__width=4)
     refused_within_bounds(lambda: load_model(model_file), ModelFileError, "do not match the sidecar")
-
-
-def refused_within_bounds(load: Any, error: type[Exception], match: str) -> None:
-    tracemalloc.start()
-    start = time.perf_counter()
-    try:
-        with pytest.raises(error, match=match) as err:
-            load()
-        seconds = time.perf_counter() - start
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert "\n" not in str(err.value)
-    assert peak < PEAK_MB << 20, f"peak {peak / 2**20:.1f} MB"
-    assert seconds < SECONDS, f"{seconds:.1f} s"
 
 
 def test_dtype_mismatch_is_an_error(capsys: pytest.CaptureFixture, tmp_path: Path, model_file: Path) -> None:

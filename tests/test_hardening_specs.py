@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from backdoorkit.cli import main
 from backdoorkit.errors import ConfigError
 from backdoorkit.experiment.spec import load_spec
+from hardening_helpers import cli_error, isolate
 
 PEAK_MB = 32
 SECONDS = 10.0
@@ -38,23 +38,7 @@ clean_model: false
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("BACKDOORKIT_DATA", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("BACKDOORKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-
-
-def cli_error(capsys: pytest.CaptureFixture, *args: str) -> str:
-    """Run the CLI in-process; assert exit 2, exactly one stderr line, no traceback; return the line."""
-    with pytest.raises(SystemExit) as done:
-        main(list(args))
-    out = capsys.readouterr()
-    lines = [ln for ln in out.err.splitlines() if ln.strip()]
-    assert done.value.code == 2, out.err[-2000:]
-    assert len(lines) == 1, out.err[-2000:]
-    assert lines[0].startswith("backdoorkit: error: ")
-    assert "Traceback" not in out.err + out.out
-    return lines[0]
+    isolate(monkeypatch, tmp_path)
 
 
 def run_error(
