@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -85,9 +87,29 @@ def autocast(
     use = default_amp(device, training) if enabled is None else enabled
     if use and not training and device.type == "cpu":
         use = False  # evaluation on CPU is always float32
+    if use and device.type == "cpu":
+        _warn_if_cpu_lacks_bf16()
     if use and device.type in ("cuda", "cpu"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_if_cpu_lacks_bf16() -> None:
+    """Warn once: without native bf16 (AVX-512 BF16 / AMX) CPU autocast emulates it, and training runs
+    many times slower than float32 (measured 14x at ResNet-18 width 16 on an AVX2-only EPYC)."""
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # no oneDNN in this build: nothing to say
+        return
+    if not native:
+        warnings.warn(
+            f"bf16 autocast on a CPU without native bf16 (capability "
+            f"{torch.backends.cpu.get_cpu_capability()}): expect training to be much slower than "
+            "float32; set amp to false",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 @contextlib.contextmanager
