@@ -583,12 +583,13 @@ def _extra_tables(table: ReportTable) -> list[tuple[str, list[str], list[list[st
         names += sorted(given - set(names))
         if not names:
             continue
+        # a column only where some row of this kind has a value there (ours or the paper's)
         subs = [
             (g, n, p)
             for g in table.groups
             for n in names
             for p in (False, True)
-            if not p or table.has_paper(g, n)
+            if (table.has_paper(g, n) if p else any(table.stat(d, g, n)[2] for d in rows))
         ]
         header = [kind.capitalize() if kind in ("detector", "inspector") else "Defense"] + [
             f"{g.title} {subcolumn_label(n, p)}" for g, n, p in subs
