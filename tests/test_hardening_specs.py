@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ import torch
 
 from backdoorkit.errors import ConfigError
 from backdoorkit.experiment.spec import load_spec
-from hardening_helpers import cli_error, isolate
+from hardening_helpers import cli_error, isolate, refused_within_bounds
 
 PEAK_MB = 32
 SECONDS = 10.0
@@ -105,18 +104,7 @@ def test_db_that_cannot_be_a_results_database(capsys: pytest.CaptureFixture, tmp
 
 
 def bounded(path: Path, match: str) -> None:
-    tracemalloc.start()
-    start = time.perf_counter()
-    try:
-        with pytest.raises(ConfigError, match=match) as err:
-            load_spec(path)
-        seconds = time.perf_counter() - start
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert "\n" not in str(err.value)
-    assert peak < PEAK_MB << 20, f"peak {peak / 2**20:.1f} MB"
-    assert seconds < SECONDS, f"{seconds:.1f} s"
+    refused_within_bounds(lambda: load_spec(path), match, error=ConfigError, peak_mb=PEAK_MB, seconds=SECONDS)
 
 
 def test_yaml_aliases_and_nesting_are_bounded(tmp_path: Path) -> None:
