@@ -145,3 +145,20 @@ def test_newer_schema_is_refused_without_writing(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="schema version"):
         load_rows(path)
     assert path.read_bytes() == before
+
+
+def test_a_finished_cell_is_in_the_database_file_while_the_run_goes_on(tmp_path: Path) -> None:
+    """A results file copied (or committed) mid-run, without its ``-wal`` file, holds every finished cell."""
+    path = tmp_path / "live.db"
+    write_v1(path)
+    store = ResultStore(path)
+    with store.transaction() as con:
+        con.execute("UPDATE cells SET status = 'running', run_id = 'r' WHERE cell_hash = 'c1'")
+    assert store.finish("c1", "r", {"status": "done", "metrics": {"ba": 0.5, "asr": 0.25}})
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(path.read_bytes())  # the store's connection is still open: a run still going
+    con = sqlite3.connect(copy)
+    got = dict(con.execute("SELECT name, value FROM metrics WHERE cell_hash = 'c1'").fetchall())
+    con.close()
+    store.close()
+    assert got == {"ba": 0.5, "asr": 0.25}

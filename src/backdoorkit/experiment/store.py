@@ -4,6 +4,8 @@ Crash safety and concurrency:
 
 * every write is one short ``BEGIN IMMEDIATE`` transaction and the journal is a write-ahead log, so a
   process killed at any point (``kill -9`` included) leaves the database consistent;
+* the log is checkpointed after every finished cell, so the database file alone (copied, or committed
+  while a run is still going) holds every result written so far;
 * ``cell_hash`` is the primary key: a cell has exactly one row whatever runs touch the database;
 * a run *claims* a cell (``pending -> running``, stamped with its run id) in a transaction before
   computing it; a cell held by a live run is never claimed by another.  A run is live while its
@@ -487,7 +489,18 @@ class ResultStore:
                 "INSERT INTO metrics (cell_hash, name, value) VALUES (?, ?, ?)",
                 [(cell_hash, k, v) for k, v in metrics.items()],
             )
-            return True
+        self.checkpoint()
+        return True
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file, so the file alone holds every finished cell.
+
+        Results databases are committed to git and copied while a run is still going; without this the
+        finished cells would live only in the ``-wal`` file beside it.  ``PASSIVE`` never waits on readers
+        or writers of other processes: a checkpoint they block is completed by the next one.
+        """
+        with contextlib.suppress(sqlite3.OperationalError):
+            self._con().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     # ------------------------------------------------------------------ reading
     def _where(self, spec_hash: str | None, status: str | None) -> tuple[str, list[Any]]:
