@@ -13,7 +13,7 @@ demo: $(STAMP)
 	@echo "HTML report: $(abspath $(DEMO_OUT))/report.html"
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
