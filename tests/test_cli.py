@@ -1,5 +1,6 @@
-"""The command line, run as a user would (``python -m backdoorkit``): user errors end with one line on
-stderr and exit code 2, never a traceback; ``train --json`` prints one JSON object."""
+"""The command line, run as a user would (``python -m backdoorkit``; the user-error cases call the same
+``main`` in-process): user errors end with one line on stderr and exit code 2, never a traceback;
+``train --json`` prints one JSON object."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from safetensors.torch import save_file
 
 from backdoorkit.checkpoint import save_model, sidecar_path
 from backdoorkit.models import build_model
+from hardening_helpers import cli_error
 
 
 def run_cli(
@@ -95,8 +97,19 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ("fractional-count", ("--poison-rate 1.5",)),
     ],
 )
-def test_user_errors_are_one_line(files: dict[str, Path], case: str, needles: tuple[str, ...]) -> None:
+def test_user_errors_are_one_line(
+    files: dict[str, Path],
+    case: str,
+    needles: tuple[str, ...],
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In-process (``main`` is the console script's function), so eight cases do not pay eight
+    interpreter starts; ``test_module_entry_points`` and ``test_train_json_reports_ba_and_asr`` run the
+    real ``python -m backdoorkit`` process."""
     root = files["root"]
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("BACKDOORKIT_CACHE", str(root / ".cache"))
     args = {
         "unknown-dataset": ["--dataset", "nosuchset"],
         "unknown-model": ["--model", "resnet19"],
@@ -107,8 +120,9 @@ def test_user_errors_are_one_line(files: dict[str, Path], case: str, needles: tu
         "wrong-channels": ["--init", str(files["rgb"])],
         "fractional-count": ["--attack", "badnets", "--poison-rate", "1.5"],
     }[case]
-    proc = run_cli("train", "--epochs", "1", "--width", "4", "--device", "cpu", *args, cwd=root)
-    assert_user_error(proc, *needles)
+    line = cli_error(capsys, "train", "--epochs", "1", "--width", "4", "--device", "cpu", *args)
+    for needle in needles:
+        assert needle in line, line
 
 
 def test_train_json_reports_ba_and_asr(tmp_path: Path) -> None:
@@ -133,3 +147,6 @@ def test_train_json_reports_ba_and_asr(tmp_path: Path) -> None:
 def test_module_entry_points(tmp_path: Path) -> None:
     proc = run_cli("--help", module="backdoorkit.cli", cwd=tmp_path)
     assert proc.returncode == 0 and "train" in proc.stdout
+    # one user error through the real process: one line on stderr, exit 2, no traceback
+    proc = run_cli("train", "--dataset", "nosuchset", "--epochs", "1", cwd=tmp_path)
+    assert_user_error(proc, "unknown dataset 'nosuchset'")

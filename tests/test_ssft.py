@@ -286,7 +286,8 @@ def outcomes(badnets_digits, digits_test) -> dict[int, dict[str, dict[str, objec
             }
         }
         for name in NAMES:
-            res = build_defense(name, **({} if name == "ss" else EFFECT_BUDGET)).repair(model, clean, seed=seed)
+            budget = {} if name == "ss" else EFFECT_BUDGET
+            res = build_defense(name, **budget).repair(model, clean, seed=seed)
             row[name] = {
                 "ba": benign_accuracy(res.model, digits_test),
                 "asr": attack_success_rate(res.model, digits_test, attack),
