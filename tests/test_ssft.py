@@ -314,7 +314,7 @@ def test_effect_table(outcomes) -> None:
 
 def test_fine_tuning_without_suppression_leaves_the_backdoor(outcomes) -> None:
     """Paper Table 1/2: FT-FC and FT-Critical keep ASR high; FT-All (same budget) lowers it at most
-    partly (measured 95.4 / 70.0 / 96.9 %)."""
+    partly (measured at the 150-step budget: 97.8 / 98.8 / 98.1 %)."""
     for row in outcomes.values():
         assert row["ft_fc"]["asr"] >= 0.9 and row["ft_fc"]["ba"] >= 0.95
         assert row["ft_critical"]["asr"] >= 0.9 and row["ft_critical"]["ba"] >= 0.95
