@@ -472,3 +472,24 @@ def test_report_command_paper_options(db: Path, tmp_path: Path, capsys: pytest.C
     assert (
         Spec(datasets=["digits"], models=["resnet18"], attacks=["badnets"], paper="x.yaml").paper == "x.yaml"
     )
+
+
+def test_no_best_is_named_in_a_column_with_cells_still_to_run(db: Path) -> None:
+    """A partial column (a defense still pending) bolds nothing: its leader may not stay the best.
+    The other columns keep their marks."""
+    store = ResultStore(db)
+    add_row(store, 900, defense="later", defense_kind="repair", attack="badnets", status="pending")
+    store.close()
+    md = to_markdown(build_table(load_rows(db)))
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| Defense"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    row = {line.split("|")[1].strip(): line for line in lines[start:end] if "---" not in line}
+    header = [c.strip() for c in row["Defense"].split("|")[2:-1]]
+    badnets = [i for i, c in enumerate(header) if c.startswith("digits / badnets")]
+    others = [i for i, c in enumerate(header) if not c.startswith("digits / badnets")]
+    cells = {d: [c.strip() for c in line.split("|")[2:-1]] for d, line in row.items() if d != "Defense"}
+    assert cells["later"][badnets[0]] == "pending"
+    assert not any("**" in cells[d][i] for d in cells for i in badnets)
+    assert any("**" in cells[d][i] for d in cells for i in others)
+    assert "every defense finished" in md

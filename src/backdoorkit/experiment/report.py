@@ -12,7 +12,7 @@ several), each with the sub-columns BA and ASR in percent; with several seeds a 
 * a defense *fails* in a column (``†``) when its ASR exceeds ``asr_fail`` (default 20 %) or its BA is
   more than ``ba_drop`` points (default 10) below the no-defense BA of the same column;
 * the best defense per column is in bold (highest BA, lowest ASR; the ``none`` and clean rows and
-  inspectors do not compete).
+  inspectors do not compete), only once no defense of that column is still pending or running.
 
 Detectors appear with the BA / ASR of the model behind them at their own threshold.  Every other
 metric a cell recorded (AUROC and TPR of detectors, isolation precision / recall, a new defense's own
@@ -498,6 +498,10 @@ def _marks(cells: pd.DataFrame, stats: pd.DataFrame, asr_fail: float, ba_drop: f
     rivals = out[competes].groupby(level="group")
     groups = out.index.get_level_values("group")
     several = groups.map(rivals.size()).fillna(0).to_numpy() >= 2
+    # a column's best is only named once every defense in it has finished: a partial column's leader
+    # may be beaten by a cell still pending or running
+    settled = groups.map(rivals["pending_cells"].sum() == 0).fillna(False).to_numpy(dtype=bool)
+    several &= settled
     for col, best, flag in (("ba", "max", "best_ba"), ("asr", "min", "best_asr")):
         top = groups.map(rivals[col].agg(best)).to_numpy(dtype=float)
         out[flag] = competes & several & ((100 * out[col]).round(1).to_numpy() == (100 * top).round(1))
@@ -560,7 +564,7 @@ def _legend(table: ReportTable) -> str:
         f"BA and ASR in %{'; mean ± std over ' + str(table.seeds) + ' seeds' if table.seeds > 1 else ''}.",
         f"{FAIL_MARK} defense failure: ASR > {100 * table.asr_fail:g}% or BA more than "
         f"{table.ba_drop:g} points below no defense.",
-        "Bold: best defense per column (highest BA, lowest ASR).",
+        "Bold: best defense per column (highest BA, lowest ASR), in columns where every defense finished.",
     ]
     if table.kind_rows("detector"):
         parts.append(
