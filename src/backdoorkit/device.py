@@ -10,6 +10,10 @@
   and slower where bf16 is emulated.  It stays opt-in on CPU because it changes results: on the
   8-epoch digits recipe, one of three BadNets-grid seeds failed to learn the backdoor in bf16
   (ASR 5.9 % vs 92.6 % in float32).  Evaluation on CPU is always float32.
+* Inference batches (:func:`inference_batch`): 1,024 images on an accelerator, 128 on CPU, where
+  large batches overflow the caches: a ResNet-18 (width 8, 32x32) classifies ~2x more images per
+  second in batches of 128 than of 1,024 with oneDNN, with bit-identical logits (eval mode: every
+  image is computed on its own).
 """
 
 from __future__ import annotations
@@ -64,6 +68,18 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+CPU_INFERENCE_BATCH = 128
+ACCELERATOR_INFERENCE_BATCH = 1024
+
+
+def inference_batch(device: torch.device, batch_size: int | None = None) -> int:
+    """The batch size for inference on ``device``: ``batch_size`` when given, else 128 on CPU and 1,024
+    on CUDA / MPS (see the module docstring)."""
+    if batch_size is not None:
+        return int(batch_size)
+    return CPU_INFERENCE_BATCH if device.type == "cpu" else ACCELERATOR_INFERENCE_BATCH
 
 
 def cpu_has_native_bf16() -> bool:

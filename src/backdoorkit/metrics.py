@@ -40,7 +40,12 @@ def benign_accuracy(model: nn.Module, test: ImageSet) -> float:
 
 
 def attack_success_rate(
-    model: nn.Module, test: ImageSet, attack: Trigger, *, quantized: bool = False, batch_size: int = 1024
+    model: nn.Module,
+    test: ImageSet,
+    attack: Trigger,
+    *,
+    quantized: bool = False,
+    batch_size: int | None = None,
 ) -> float:
     """ASR of ``attack`` against ``model`` on the eligible images of ``test``."""
     eligible = attack.asr_mask(test.y)

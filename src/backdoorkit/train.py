@@ -39,7 +39,7 @@ from torch import nn
 
 from backdoorkit.data.batching import augmentation_for, index_batches
 from backdoorkit.data.imageset import ImageSet, to_pixels
-from backdoorkit.device import autocast, eval_mode, resolve_device
+from backdoorkit.device import autocast, eval_mode, inference_batch, resolve_device
 from backdoorkit.errors import ConfigError, config_error
 
 _FIT_CALLS = 0
@@ -480,19 +480,21 @@ def _progress(enabled: bool, total: int, name: str) -> _Progress | None:
 def predict(
     model: nn.Module,
     x: torch.Tensor,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Logits for a uint8 or float ``[N, C, H, W]`` tensor, in eval mode, batch by batch.
 
     ``transform`` (a batched trigger, say) is applied to float pixels before the model.
+    ``batch_size``: default :func:`~backdoorkit.device.inference_batch` (128 on CPU, 1,024 on CUDA).
     """
     if device is None:
         dev = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
     else:
         dev = resolve_device(device)
     model.to(dev)
+    batch_size = inference_batch(dev, batch_size)
     outs = []
     with eval_mode(model):
         for start in range(0, x.shape[0], batch_size):
@@ -506,11 +508,21 @@ def predict(
     return torch.cat(outs)
 
 
+def forward_in_batches(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """``model(x)`` computed in inference batches (:func:`~backdoorkit.device.inference_batch` for
+    ``x``'s device), for callers that already hold eval mode, ``no_grad`` and autocast; per-sample
+    outputs are the same as one large forward."""
+    size = inference_batch(x.device, batch_size)
+    if len(x) <= size:
+        return model(x)
+    return torch.cat([model(part) for part in x.split(size)])
+
+
 def predict_labels(model: nn.Module, x: torch.Tensor, **kw: object) -> torch.Tensor:
     return predict(model, x, **kw).argmax(1)  # type: ignore[arg-type]
 
 
-def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 1024) -> float:
+def evaluate(model: nn.Module, data: ImageSet, batch_size: int | None = None) -> float:
     """Accuracy of ``model`` on ``data`` (the BA when ``data`` is the clean test set)."""
     if len(data) == 0:
         return float("nan")

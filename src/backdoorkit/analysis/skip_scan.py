@@ -156,7 +156,7 @@ def scan_skips(
     skip_names: Sequence[str] | None = None,
     *,
     quantized: bool = False,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
 ) -> SkipScan:
     """BA and ASR for every skip alone at every gamma.
 

@@ -19,7 +19,7 @@ from backdoorkit.train import Batch, LossFn, predict
 
 
 @torch.no_grad()
-def per_sample_loss(model: nn.Module, data: ImageSet, batch_size: int = 1024) -> torch.Tensor:
+def per_sample_loss(model: nn.Module, data: ImageSet, batch_size: int | None = None) -> torch.Tensor:
     """Cross-entropy of every row of ``data`` under ``model`` (eval mode, no augmentation), computed in
     float64 so that near-zero losses still rank (in float32 many round to exactly 0); CPU."""
     logits = predict(model, data.x, batch_size=batch_size)

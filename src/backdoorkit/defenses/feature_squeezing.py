@@ -40,6 +40,7 @@ from backdoorkit.defenses._trigger_reverse import model_device
 from backdoorkit.defenses.base import SCORE_CHUNK, DefenseParams, InputDetector
 from backdoorkit.device import autocast, eval_mode
 from backdoorkit.errors import ScenarioError
+from backdoorkit.train import forward_in_batches
 
 PAPER = "Xu et al., Feature Squeezing: Detecting Adversarial Examples in Deep Neural Networks, NDSS 2018"
 
@@ -177,6 +178,7 @@ class FeatureSqueezing(InputDetector):
             for start in range(0, len(x), SCORE_CHUNK):
                 xb = x[start : start + SCORE_CHUNK].to(self.device).float()
                 views = [xb, *self.squeezed(xb)]
-                probs = self.model(torch.cat(views)).float().softmax(1).view(len(views), len(xb), -1)
+                logits = forward_in_batches(self.model, torch.cat(views)).float()
+                probs = logits.softmax(1).view(len(views), len(xb), -1)
                 out.append((probs[1:] - probs[:1]).abs().sum(2).amax(0))
         return torch.cat(out) if out else torch.empty(0, device=self.device)

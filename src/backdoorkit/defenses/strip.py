@@ -15,9 +15,9 @@ Keras notebook: garrisongys/STRIP).  Scenario S1: the suspicious model and the d
   (``torch.distributions.Normal.icdf``); ``rule="quantile"`` takes the empirical ``frr`` quantile.
   An input is flagged when its entropy is below that value.
 
-Batched: a chunk of ``chunk`` inputs and all their ``n`` overlays go through the model in one forward
-(``chunk x n`` images); no per-image Python.  Overlays come from a generator seeded at ``fit``, so
-scoring is reproducible.
+Batched: a chunk of ``chunk`` inputs and all their ``n`` overlays go through the model together
+(``chunk x n`` images, in inference batches: 128 on CPU); no per-image Python.  Overlays come from a
+generator seeded at ``fit``, so scoring is reproducible.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from backdoorkit.defenses._trigger_reverse import model_device
 from backdoorkit.defenses.base import DefenseParams, InputDetector
 from backdoorkit.device import autocast, eval_mode
 from backdoorkit.errors import ScenarioError
+from backdoorkit.train import forward_in_batches
 
 PAPER = "Gao et al., STRIP: A Defence Against Trojan Attacks on Deep Neural Networks, ACSAC 2019"
 
@@ -98,7 +99,7 @@ class Strip(InputDetector):
                 xb = x[start : start + p.chunk]
                 idx = torch.randint(len(self.pool), (len(xb), p.n), generator=self.gen).to(self.device)
                 mixed = (p.alpha * xb[:, None] + p.beta * self.pool[idx]).clamp_(0, 1)
-                logits = self.model(mixed.flatten(0, 1))
+                logits = forward_in_batches(self.model, mixed.flatten(0, 1))
                 out.append(entropy(logits).view(len(xb), p.n).mean(1))
         return torch.cat(out) if out else torch.empty(0, device=self.device)
 
