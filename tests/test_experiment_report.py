@@ -493,3 +493,25 @@ def test_no_best_is_named_in_a_column_with_cells_still_to_run(db: Path) -> None:
     assert not any("**" in cells[d][i] for d in cells for i in badnets)
     assert any("**" in cells[d][i] for d in cells for i in others)
     assert "every defense finished" in md
+
+
+def test_isolation_fractions_in_percent_and_counts_in_full(tmp_path: Path) -> None:
+    """PT's isolation by M_s is a fraction like M''s (shown in %, labelled), a row count keeps its digits."""
+    store = ResultStore(tmp_path / "r.db")
+    metrics = {
+        "ba": 0.74,
+        "asr": 0.98,
+        "iso_precision": 0.133,
+        "iso_base_precision": 0.459,
+        "isolated": 1900.0,
+    }
+    for i, (defense, kind, m) in enumerate(
+        [("none", "none", {"ba": 0.74, "asr": 0.98}), ("PT", "training", metrics)]
+    ):
+        add_row(store, i, defense=defense, defense_kind=kind, attack="badnets", status="running", run_id="r")
+        assert store.finish(f"cell{i:04d}", "r", {"status": "done", "metrics": m, "info": {}})
+    store.close()
+    md = to_markdown(build_table(load_rows(tmp_path / "r.db")))
+    assert "isolation precision by M_s" in md
+    line = next(line for line in md.splitlines() if line.startswith("| PT") and "13.3" in line)
+    assert "45.9" in line and "1900" in line and "0.459" not in line and "e+03" not in line

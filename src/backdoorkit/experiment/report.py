@@ -75,7 +75,14 @@ MAIN = ("ba", "asr")
 """Metrics of the main table; ``clean_ba`` makes its clean-model row."""
 CSV_ONLY = {"asr_quantized"}
 """Metrics recorded for every row, given in the CSV but not in the tables per defense kind."""
-PERCENT = {*WELL_KNOWN_METRICS, "infected", "target_correct"}
+PERCENT = {
+    *WELL_KNOWN_METRICS,
+    "infected",
+    "target_correct",
+    "iso_base_precision",
+    "iso_base_recall",
+    "isolation_overlap",
+}
 """Fractions shown in percent; any other metric is shown as it was recorded."""
 LABELS = {
     "asr_quantized": "ASR (int8)",
@@ -84,9 +91,22 @@ LABELS = {
     "tpr_at_5fpr": "TPR@5%",
     "iso_precision": "isolation precision",
     "iso_recall": "isolation recall",
+    "iso_base_precision": "isolation precision by M_s",
+    "iso_base_recall": "isolation recall by M_s",
+    "isolation_overlap": "isolation overlap with M_s",
     "target_correct": "target right",
 }
-ORDER = ["auroc", "tpr_at_1fpr", "tpr_at_5fpr", "iso_precision", "iso_recall", "infected", "target_correct"]
+ORDER = [
+    "auroc",
+    "tpr_at_1fpr",
+    "tpr_at_5fpr",
+    "iso_precision",
+    "iso_recall",
+    "iso_base_precision",
+    "iso_base_recall",
+    "infected",
+    "target_correct",
+]
 """Well-known metrics first in the tables per kind, then the others by name."""
 KINDS = {
     "detector": "Detection (clean vs triggered test images)",
@@ -513,6 +533,8 @@ def _value_text(name: str, mean: float | None, std: float | None, pm: str = "±"
     if mean is None:
         return "–"
     scale, fmt = (100.0, ".1f") if name in PERCENT else (1.0, ".3g")
+    if name not in PERCENT and float(mean).is_integer() and abs(mean) < 1e9:
+        fmt = ".0f"  # a count (rows isolated, steps): all its digits, not 1.9e+03
     text = f"{scale * mean:{fmt}}"
     return text + (f" {pm} {scale * std:{fmt}}" if std is not None else "")
 
