@@ -114,3 +114,33 @@ def test_inspect_command_runs_both(
         assert int(done.value.code or 0) == 0, captured.err
         res = json.loads(captured.out)
         assert isinstance(res["infected"], bool) and "target" in res and res["anomaly_index"] is not None
+
+
+def test_reverse_search_is_memoised_on_model_pixels_and_params(clean_model: nn.Module, monkeypatch) -> None:
+    """Neural Cleanse and NC unlearning on one model share one search; any changed input searches again."""
+    import copy
+
+    import torch
+
+    from backdoorkit.defenses import _trigger_reverse as tr
+
+    model = copy.deepcopy(clean_model)  # the session's clean model is shared: change only a copy
+
+    tr.clear_reverse_cache()
+    calls: list[int] = []
+    real = tr._search
+    monkeypatch.setattr(tr, "_search", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.rand(16, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    p = tr.ReverseParams(rounds=1, round_steps=1, batch_size=2)
+    first = tr.reverse_engineer(model, x, 10, p, seed=0)
+    again = tr.reverse_engineer(model, x, 10, p.model_copy(update={"anomaly_threshold": 3.0}), seed=0)
+    assert len(calls) == 1 and torch.equal(first.mask, again.mask) and first.steps == again.steps
+    again.mask.zero_()  # a caller's copy: the memo is not changed through it
+    assert torch.equal(tr.reverse_engineer(model, x, 10, p, seed=0).mask, first.mask)
+    tr.reverse_engineer(model, x, 10, p, seed=1)
+    tr.reverse_engineer(model, x[:8], 10, p, seed=0)
+    tr.reverse_engineer(model, x, 10, p.model_copy(update={"lr": 0.05}), seed=0)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1.0
+    tr.reverse_engineer(model, x, 10, p, seed=0)
+    assert len(calls) == 5

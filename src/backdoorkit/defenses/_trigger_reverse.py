@@ -18,11 +18,18 @@
   (``(1 - m_k) * x + m_k * p_k``) in one forward of ``K x B`` images and minimises
   ``CE(f(x_k), k) + cost_k * |m_k|_1`` summed over classes with Adam (lr 0.1, betas 0.5 / 0.9 as the
   official code).  A class's result is its smallest-L1 mask among the rounds that reached the success
-  rate (else its last one).
+  rate (else its last one).  The search is deterministic given the model, the pixels, the parameters and
+  the seed, so its result is kept in a small in-process memo keyed by all four (the model by
+  :func:`~backdoorkit.cache.model_digest`): Neural Cleanse's verdict and NC unlearning on the same
+  model (the inspection and repair cells of one victim) run the search once.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +39,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from backdoorkit.cache import model_digest
 from backdoorkit.defenses.base import DefenseParams
 from backdoorkit.device import eval_mode
 
@@ -137,9 +145,36 @@ def _to_tanh(v: torch.Tensor) -> torch.Tensor:
 def reverse_engineer(
     model: nn.Module, x: torch.Tensor, num_classes: int, p: ReverseParams, *, seed: int = 0
 ) -> Reversed:
-    """Neural Cleanse's per-class minimal triggers for ``model`` from clean float pixels ``x``."""
+    """Neural Cleanse's per-class minimal triggers for ``model`` from clean float pixels ``x`` (memoised
+    in-process on the model's digest, the pixels, ``p``, ``seed`` and the device; a copy is returned)."""
     device = model_device(model)
-    x = x.to(device)
+    raw = x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    pixels = f"{tuple(x.shape)}:{x.dtype}:{hashlib.sha256(raw).hexdigest()}"
+    search = set(ReverseParams.model_fields) - {"anomaly_threshold"}  # what the search reads
+    params = {k: v for k, v in p.model_dump(mode="json").items() if k in search}
+    key = json.dumps([model_digest(model), pixels, num_classes, params, seed, str(device)], sort_keys=True)
+    if key in _MEMO:
+        _MEMO.move_to_end(key)
+        return copy.deepcopy(_MEMO[key])
+    found = _search(model, x.to(device), num_classes, p, seed=seed, device=device)
+    _MEMO[key] = copy.deepcopy(found)
+    while len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
+    return found
+
+
+_MEMO: OrderedDict[str, Reversed] = OrderedDict()
+_MEMO_SIZE = 8
+
+
+def clear_reverse_cache() -> None:
+    """Forget every memoised search (tests that time or count the search call this first)."""
+    _MEMO.clear()
+
+
+def _search(
+    model: nn.Module, x: torch.Tensor, num_classes: int, p: ReverseParams, *, seed: int, device: torch.device
+) -> Reversed:
     k = num_classes
     _, c, h, w = x.shape
     gen = torch.Generator().manual_seed(7919 * seed + 3)
