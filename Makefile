@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.backdoorkit-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-known lint bench clean
 
 DEMO_OUT ?= runs/demo
 
@@ -14,6 +14,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=25
+
+# Known failures: targets not reached yet (xfails with their measured numbers), kept out of `make test`
+# so the default suite stays under 15 minutes on 2 cores.
+test-known: $(STAMP)
+	$(PY) -m pytest -q -m known_failure -rxX
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

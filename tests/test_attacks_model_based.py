@@ -298,11 +298,14 @@ def clean_ba(clean_model: nn.Module, digits_test: ImageSet) -> float:
     return backdoor_metrics(clean_model, digits_test, None)["ba"]
 
 
-SMOOTH_ON_DIGITS = pytest.mark.xfail(
-    reason="smooth's low-pass universal perturbation from the digits clean model does not implant: "
-    "ASR 0.04, BA 0.95 on a cold cache, at 8bdadaa as after it (it passed before only from a cached "
-    "pattern); not tuned on test ASR, left for the smooth attack's owner",
-    strict=False,
+SMOOTH_ON_DIGITS = (  # a known failure: outside the default suite (`make test-known`)
+    pytest.mark.xfail(
+        reason="smooth's low-pass universal perturbation from the digits clean model does not implant: "
+        "ASR 0.04, BA 0.95 on a cold cache, at 8bdadaa as after it (it passed before only from a cached "
+        "pattern); not tuned on test ASR, left for the smooth attack's owner",
+        strict=False,
+    ),
+    pytest.mark.known_failure,
 )
 
 

@@ -28,17 +28,18 @@ BUDGETS: dict[str, dict[str, object]] = {
     "nad": {"min_steps": 100, "lr": 0.2, "warm_fraction": 0.0},
     "mcr": {"min_steps": 60, "curve_epochs": 50, "curve_lr": 0.05, "tolerance": 0.1},
     "anp": {"steps": 30, "eps": 0.1},
-    "ibau": {"min_steps": 4},
+    "ibau": {"min_steps": 4, "batch_size": 48},
     "super_fine_tuning": {"peak_lr": 1.0},
 }
 MEASURED = """(BA / ASR %, seconds on the shared 2-core CPU; before 98.9 / 98.8)
 pruning 88.3 / 0.0 (0.5 s): 36 of 64 channels pruned, the held-out rule allows a 10-point drop;
-fine_pruning 98.3 / 96.6 (4 s): fine-tuning brings the backdoor back (as FT-All keeps it on digits);
-mcr 98.1 / 100 (15 s, 50 curve epochs; 100: 98.3 / 100 in 28 s): the fine-tuned endpoint keeps the
-backdoor and so does the whole curve; anp 92.2 / 34.7 (8.5 s, eps 0.1, 30 iterations; 60: 93.3 / 21.1 in
-20 s); ibau 95.5 / 0.0 (27 s, 4 steps per round; 6: 89.1 / 0.9 in 43 s; 3 rounds of 6: BA 52.9, so the
-round count stays the paper's 5); super_fine_tuning 92.8 / 0.0 (18 s, peak lr 1.0; 50 epochs: BA 88.0);
-nad 94.2 / 0.6 (17 s, constant lr 0.2, 100 steps; 60 and 80 steps: BA 90.5 and 90.0)."""
+fine_pruning 98.3 / 96.6 (4 s): fine-tuning brings the backdoor back (as FT-All keeps it on digits); mcr
+98.1 / 100 (15 s, 50 curve epochs; 100: 98.3 / 100 in 28 s): the fine-tuned endpoint keeps the backdoor
+and so does the whole curve; anp 92.2 / 34.7 (8.5 s, eps 0.1, 30 iterations; 60: 93.3 / 21.1 in 20 s);
+ibau 96.1 / 1.5 (29 s, 4 steps per round of 48; batches of 100: 95.5 / 0.0 in 39 s; 6 steps: 89.1 / 0.9 in
+43 s; 3 rounds of 6: BA 52.9, so the round count stays the paper's 5); super_fine_tuning 92.8 / 0.0 (18 s,
+peak lr 1.0; 50 epochs: BA 88.0); nad 94.2 / 0.6 (17 s, constant lr 0.2, 100 steps; 60 and 80 steps: BA
+90.5 and 90.0)."""
 
 
 def test_registered_as_s1_model_repairs_with_paper_defaults() -> None:

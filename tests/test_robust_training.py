@@ -17,7 +17,8 @@ and why:
   and at 3e-3 / 3e-4 ASR stays ~97 % after 10 epochs (110 steps), at 1e-2 / 1e-3 the ascent on the
   isolated rows diverges (BA 10 %).  The test asserts what holds (isolation, M' better than M_s, BA
   kept) and not the ASR.
-* DP-SGD: noise multiplier 0.5, lr 0.2, 10 epochs (noise 1.0 and 3 epochs, or 0.5 and 6, stayed at chance).
+* DP-SGD: ResNet-18 at width 4, noise multiplier 0.5, lr 0.2, 10 epochs (noise 1.0 and 3 epochs, or 0.5
+  and 6, stayed at chance).
 """
 
 from __future__ import annotations
@@ -122,7 +123,11 @@ def test_abl_isolation_precision(untrusted, digits_test) -> None:
 
 
 def test_dp_sgd_reports_epsilon_and_learns(untrusted, digits_test, tmp_path: Path) -> None:
-    _, res = _train("dp_sgd", untrusted, epochs=10, noise_multiplier=0.5, lr=0.2)
+    """At width 4 (opacus' per-sample gradients make every step ~0.4 s): 40 s and BA 37.3 %, eps 35.1
+    (width 8: 63 s in the suite)."""
+    data = untrusted["poisoned"].data
+    narrow = {**untrusted, "factory": lambda: make_model("resnet18", data, width=4, seed=0)}
+    _, res = _train("dp_sgd", narrow, epochs=10, noise_multiplier=0.5, lr=0.2)
     eps = res.metrics["dp_epsilon"]
     assert math.isfinite(eps) and eps > 0
     assert evaluate(res.model, digits_test) > 0.2  # chance is 0.1
