@@ -9,7 +9,9 @@ no augmentation, seed 0).  The issue's targets:
 Targets that an attack does not reach at this scale with its honest defaults are not tuned away:
 those tests assert what does hold (the task is still learned, the trigger moves predictions towards
 the target at least as much as on a clean model, WaNet's ASR rises with the warp strength) and then
-report the measured numbers as an expected failure (``XFAIL`` with the numbers in the reason).
+report the measured numbers as an expected failure (``XFAIL`` with the numbers in the reason); the
+clean-label pair, which asserts little before its xfail, is a ``known_failure`` outside the default
+suite (``make test-known``).
 Every test prints its numbers (``pytest -s``).  One training per attack (about 20 s on a quiet 2-core
 machine); the slower groups are marked ``slow`` (still run by default).
 """
