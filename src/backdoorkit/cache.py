@@ -14,20 +14,26 @@ The root is the caller's (``ArtifactCache(root)``, e.g. a spec's ``cache_dir``),
   miss would retrain it behind the user's back).
 * :func:`model_digest` is the one identity of a model instance: class, ``spec``, state dict (weights
   and buffers) and every skip's ``gamma`` / ``beta`` (which are plain attributes, not in the state dict).
+* :class:`Memo` is the in-process counterpart for deterministic results that are not artefacts (SSFT's
+  skip selection, Neural Cleanse's trigger search): a small LRU that hands out copies.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
+
+T = TypeVar("T")
 
 #: an entry's JSON metadata, or a callable that returns it once the entry is computed
 Meta = dict[str, Any] | Callable[[], dict[str, Any]] | None
@@ -66,6 +72,30 @@ def model_digest(model: nn.Module) -> str:
     }
     h.update(json.dumps(skip_scales, sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+class Memo(Generic[T]):
+    """An in-process LRU of at most ``size`` results keyed by a string (e.g. :func:`hash_key` of what
+    determines them).  ``get`` returns a deep copy (callers may change it), ``put`` stores one."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, T] = OrderedDict()
+
+    def get(self, key: str) -> T | None:
+        if key not in self._items:
+            return None
+        self._items.move_to_end(key)
+        return copy.deepcopy(self._items[key])
+
+    def put(self, key: str, value: T) -> None:
+        self._items[key] = copy.deepcopy(value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()
 
 
 class ArtifactCache:

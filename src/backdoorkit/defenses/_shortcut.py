@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -47,7 +46,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from backdoorkit.analysis.skip_scan import DEFAULT_GAMMAS, critical_scores, scan_skips
-from backdoorkit.cache import model_digest
+from backdoorkit.cache import Memo, model_digest
 from backdoorkit.data.fingerprint import fingerprint
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.data.splits import split_holdout
@@ -165,8 +164,7 @@ class Selection:
         return d
 
 
-_MEMO: OrderedDict[str, Selection] = OrderedDict()
-_MEMO_SIZE = 16
+_MEMO: Memo[Selection] = Memo(16)
 
 
 def surrogate_target(params: SelectParams, num_classes: int, seed: int) -> int:
@@ -255,9 +253,8 @@ def select_critical(
         sort_keys=True,
         default=str,
     )
-    if key in _MEMO:
-        _MEMO.move_to_end(key)
-        hit = copy.deepcopy(_MEMO[key])
+    hit = _MEMO.get(key)
+    if hit is not None:
         hit.cached = True
         return hit
 
@@ -303,9 +300,7 @@ def select_critical(
         },
     )
     sel.seconds = time.perf_counter() - start
-    _MEMO[key] = copy.deepcopy(sel)
-    while len(_MEMO) > _MEMO_SIZE:
-        _MEMO.popitem(last=False)
+    _MEMO.put(key, sel)
     return sel
 
 

@@ -26,10 +26,6 @@
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +35,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from backdoorkit.cache import model_digest
+from backdoorkit.cache import Memo, hash_key, model_digest
+from backdoorkit.data.fingerprint import tensor_digest
 from backdoorkit.defenses.base import DefenseParams
 from backdoorkit.device import eval_mode
 
@@ -148,23 +145,17 @@ def reverse_engineer(
     """Neural Cleanse's per-class minimal triggers for ``model`` from clean float pixels ``x`` (memoised
     in-process on the model's digest, the pixels, ``p``, ``seed`` and the device; a copy is returned)."""
     device = model_device(model)
-    raw = x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-    pixels = f"{tuple(x.shape)}:{x.dtype}:{hashlib.sha256(raw).hexdigest()}"
     search = set(ReverseParams.model_fields) - {"anomaly_threshold"}  # what the search reads
     params = {k: v for k, v in p.model_dump(mode="json").items() if k in search}
-    key = json.dumps([model_digest(model), pixels, num_classes, params, seed, str(device)], sort_keys=True)
-    if key in _MEMO:
-        _MEMO.move_to_end(key)
-        return copy.deepcopy(_MEMO[key])
-    found = _search(model, x.to(device), num_classes, p, seed=seed, device=device)
-    _MEMO[key] = copy.deepcopy(found)
-    while len(_MEMO) > _MEMO_SIZE:
-        _MEMO.popitem(last=False)
+    key = hash_key(model_digest(model), tensor_digest(x), num_classes, params, seed, str(device))
+    found = _MEMO.get(key)
+    if found is None:
+        found = _search(model, x.to(device), num_classes, p, seed=seed, device=device)
+        _MEMO.put(key, found)
     return found
 
 
-_MEMO: OrderedDict[str, Reversed] = OrderedDict()
-_MEMO_SIZE = 8
+_MEMO: Memo[Reversed] = Memo(8)
 
 
 def clear_reverse_cache() -> None:
