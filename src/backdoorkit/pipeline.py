@@ -11,8 +11,10 @@ dataset's recipe.
 
 Recipes (the defaults a user gets without flags; every field can be overridden):
 
-* ``digits`` (embedded, 1,438 training images): 8 epochs, lr 0.05, batch 128, no augmentation (the digits are
-  centred and tiny patch triggers get cropped away by random crops in so short a run).
+* ``digits`` (embedded, 1,438 training images): 10 epochs, lr 0.05, batch 128, no augmentation (the digits
+  are centred and tiny patch triggers get cropped away by random crops in so short a run).  Eight epochs
+  (the recipe until 2026-12) left one training seed of three short of convergence on an AVX-512 CPU
+  (BA 96 %, BadNets-grid ASR 4 %, l0-invisible 22 %); at ten, all six runs measured reach ASR >= 96 %.
 * ``mnist`` / ``fashion_mnist``: 8 epochs, lr 0.05, batch 256, no augmentation.
 * anything else (CIFAR, GTSRB, folders): 30 epochs, lr 0.1, batch 256, crop (+ flip) augmentation,
   one-cycle SGD: a fast recipe, not the papers' 200 epochs.
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     from backdoorkit.attacks.base import Attack, PoisonedSet
 
 RECIPES: dict[str, dict[str, Any]] = {
-    "digits": {"epochs": 8, "lr": 0.05, "batch_size": 128, "augment": False},
+    "digits": {"epochs": 10, "lr": 0.05, "batch_size": 128, "augment": False},
     "mnist": {"epochs": 8, "lr": 0.05, "batch_size": 256, "augment": False},
     "fashion_mnist": {"epochs": 8, "lr": 0.05, "batch_size": 256, "augment": False},
     "default": {"epochs": 30, "lr": 0.1, "batch_size": 256, "augment": True},
