@@ -515,3 +515,23 @@ def test_isolation_fractions_in_percent_and_counts_in_full(tmp_path: Path) -> No
     assert "isolation precision by M_s" in md
     line = next(line for line in md.splitlines() if line.startswith("| PT") and "13.3" in line)
     assert "45.9" in line and "1900" in line and "0.459" not in line and "e+03" not in line
+
+
+def test_a_metric_table_too_wide_for_the_terminal_is_printed_one_row_per_metric(db: Path) -> None:
+    """The demo's detection table has ten metrics per attack: 30 columns, unreadable at 80 characters
+    (every cell collapsed to nothing); transposed, each value is on its own line."""
+    from rich.console import Console
+
+    from backdoorkit.experiment.report import print_summary
+
+    table = build_table(load_rows(db))
+    wide = Console(file=io.StringIO(), width=400)
+    print_summary(table, wide)
+    assert "┃ Detector" in wide.file.getvalue() and "badnets AUROC ┃" in wide.file.getvalue()
+    narrow = Console(file=io.StringIO(), width=36)  # 4 columns x 10 characters do not fit
+    print_summary(table, narrow)
+    text = narrow.file.getvalue()
+    detection = text[text.index("Detection") :]
+    for label in ("digits / badnets AUROC", "digits / badnets TPR@1%", "digits / badnets TPR@5%"):
+        line = next(line for line in detection.splitlines() if label in line)
+        assert any(ch.isdigit() for ch in line.split(label)[1]), line  # the value sits on the label's line

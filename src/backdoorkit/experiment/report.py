@@ -805,8 +805,14 @@ def to_rich(table: ReportTable, *, title: str = "BA / ASR (%)") -> Any:
     return t
 
 
+TERMINAL_COLUMN_WIDTH = 10
+"""Characters a metric column needs on the terminal; a per-kind table with more columns than the
+console fits is printed transposed (one row per attack and metric, one column per method)."""
+
+
 def print_summary(table: ReportTable, console: Any = None) -> None:
-    """The table, the metric tables per kind, skips and failures on the terminal."""
+    """The table, the metric tables per kind (transposed when too wide), skips and failures on the
+    terminal."""
     from rich.console import Console
     from rich.table import Table
 
@@ -817,6 +823,10 @@ def print_summary(table: ReportTable, console: Any = None) -> None:
     else:
         console.print("no finished cells")
     for title, header, body in _extra_tables(table):
+        if len(header) * TERMINAL_COLUMN_WIDTH > console.width:  # too wide to read: one row per metric
+            header, body = [header[0]] + [row[0] for row in body], [
+                [name] + [row[i] for row in body] for i, name in enumerate(header[1:], start=1)
+            ]
         t = Table(*header, title=title, title_justify="left")
         for row in body:
             t.add_row(*row)
