@@ -162,3 +162,30 @@ def test_a_finished_cell_is_in_the_database_file_while_the_run_goes_on(tmp_path:
     con.close()
     store.close()
     assert got == {"ba": 0.5, "asr": 0.25}
+
+
+def test_a_database_another_run_is_creating_is_joined_not_refused(tmp_path: Path) -> None:
+    """Two runs started on one new ``--db``: the first has written the SQLite WAL header but not yet its
+    schema when the second looks.  The second must join (it creates the same schema), not call the file
+    "not a results database" (seen once in CI, ``test_two_runs_on_one_database``).  A file with other
+    tables is still refused and left as it was."""
+    from backdoorkit.errors import ConfigError
+
+    creating = tmp_path / "r.db"
+    con = sqlite3.connect(creating)
+    assert con.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"  # header only, no table yet
+    con.close()
+    assert creating.stat().st_size > 0
+    store = ResultStore(creating)
+    tables = {r[0] for r in sqlite3.connect(creating).execute("SELECT name FROM sqlite_master")}
+    assert {"runs", "cells", "metrics"} <= tables
+    del store
+    other = tmp_path / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    before = other.read_bytes()
+    with pytest.raises(ConfigError, match="not a results database"):
+        ResultStore(other)
+    assert other.read_bytes() == before

@@ -161,9 +161,11 @@ def _migrate_v1(con: sqlite3.Connection) -> None:
             con.execute(f"ALTER TABLE cells DROP COLUMN {name}")
 
 
-def check_results_db(path: Path) -> None:
+def check_results_db(path: Path, *, allow_empty: bool = False) -> None:
     """Raise a one-line :class:`ConfigError` unless ``path`` is a results database (read-only: a file
-    that is not one is never written to)."""
+    that is not one is never written to).  ``allow_empty``: an SQLite database without any table also
+    passes - the state of a results database another process is creating at this moment (its WAL
+    header is written before its schema commits), which the caller is about to create too."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such results database")
     # through SQLite only: closing a plain file handle on the database would drop this process's locks
@@ -176,6 +178,8 @@ def check_results_db(path: Path) -> None:
             con.close()
     except sqlite3.Error as exc:
         raise ConfigError(f"{path}: not a results database ({exc})") from None
+    if allow_empty and not tables:
+        return
     if not {"runs", "cells"} <= tables:
         raise ConfigError(f"{path}: not a results database (no cells table)")
     if version > SCHEMA_VERSION:
@@ -216,7 +220,7 @@ class ResultStore:
             check_db_target(self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.is_file() and self.path.stat().st_size:
-                check_results_db(self.path)
+                check_results_db(self.path, allow_empty=True)
         else:
             check_results_db(self.path)
         self._local = threading.local()
