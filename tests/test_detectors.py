@@ -21,6 +21,7 @@ from backdoorkit.data import ImageSet
 from backdoorkit.defenses import DEFENSES, InputDetector, build_defense
 from backdoorkit.defenses.base import DefenseInputs
 from backdoorkit.defenses.feature_squeezing import median_filter, non_local_means
+from backdoorkit.defenses.strip import entropy_boundary
 from backdoorkit.errors import ConfigError
 from backdoorkit.viz.detection import plot_score_histograms
 
@@ -45,6 +46,19 @@ def test_registered_as_detectors_with_documented_defaults() -> None:
         build_defense("feature_squeezing", bits=9)
     with pytest.raises(ConfigError):
         build_defense("strip", n=0)
+
+
+def test_strip_threshold_can_always_fire() -> None:
+    """A confident model's clean entropies pile up near 0: the normal fit's 1 % quantile falls below 0
+    (no input could ever be flagged), so the empirical quantile takes over and says so."""
+    skewed = torch.tensor([0.001] * 95 + [2.0] * 5)
+    boundary, used = entropy_boundary(skewed, "normal", 0.01)
+    assert used == "quantile (normal fit <= 0)" and boundary == pytest.approx(0.001)
+    spread = torch.linspace(1.0, 2.0, 101)
+    boundary, used = entropy_boundary(spread, "normal", 0.01)
+    normal = torch.distributions.Normal(spread.double().mean(), spread.double().std())
+    assert used == "normal" and boundary == pytest.approx(float(normal.icdf(torch.tensor(0.01).double())))
+    assert entropy_boundary(spread, "quantile", 0.01) == (pytest.approx(1.01), "quantile")
 
 
 def test_squeezers_work_on_whole_batches() -> None:

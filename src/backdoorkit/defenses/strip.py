@@ -13,7 +13,9 @@ Keras notebook: garrisongys/STRIP).  Scenario S1: the suspicious model and the d
 * **Threshold.** Fitted on the clean samples only: ``rule="normal"`` (default, official) fits a normal
   distribution to the clean entropies and takes its ``frr`` (1 %) quantile
   (``torch.distributions.Normal.icdf``); ``rule="quantile"`` takes the empirical ``frr`` quantile.
-  An input is flagged when its entropy is below that value.
+  An input is flagged when its entropy is below that value.  Where the normal fit puts the boundary at
+  or below 0 (a confident model: clean entropies pile up near 0 with a long tail), that threshold could
+  never fire, so the empirical quantile is used and ``info["rule_used"]`` says so.
 
 Batched: a chunk of ``chunk`` inputs and all their ``n`` overlays go through the model together
 (``chunk x n`` images, in inference batches: 128 on CPU); no per-image Python.  Overlays come from a
@@ -56,6 +58,26 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(1)
 
 
+def entropy_boundary(ent: torch.Tensor, rule: str, frr: float) -> tuple[float, str]:
+    """The entropy below which an input is flagged, fitted on clean entropies ``ent``, and the rule
+    that produced it.
+
+    ``rule="normal"`` takes the ``frr`` quantile of a normal fitted to ``ent``.  Entropy is bounded
+    below by 0 and, for a confident model, piles up near 0 with a long right tail; the normal fit then
+    puts its 1 % quantile at or below 0, a threshold that can never fire.  In that case (boundary
+    <= 0) the empirical ``frr`` quantile is used instead and the returned rule says so
+    (``"quantile (normal fit <= 0)"``).  ``rule="quantile"`` always takes the empirical quantile.
+    """
+    ent = ent.double()
+    if rule == "normal":
+        dist = torch.distributions.Normal(ent.mean(), ent.std().clamp_min(1e-12) if len(ent) > 1 else 1e-12)
+        boundary = float(dist.icdf(torch.tensor(frr, dtype=torch.float64)))
+        if boundary > 0:
+            return boundary, "normal"
+        return float(torch.quantile(ent, frr)), "quantile (normal fit <= 0)"
+    return float(torch.quantile(ent, frr)), "quantile"
+
+
 @register_defense
 class Strip(InputDetector):
     """STRIP: mean prediction entropy under ``n`` clean overlays; low entropy is flagged."""
@@ -75,13 +97,15 @@ class Strip(InputDetector):
         self.gen = torch.Generator().manual_seed(104_729 * seed + 11)
         ent = self.entropies(self.pool)
         p = self.params
-        if p.rule == "normal":
-            dist = torch.distributions.Normal(ent.mean().double(), ent.std().double().clamp_min(1e-12))
-            boundary = float(dist.icdf(torch.tensor(p.frr, dtype=torch.float64)))
-        else:
-            boundary = float(torch.quantile(ent.double(), p.frr))
+        boundary, used = entropy_boundary(ent, p.rule, p.frr)
         self.threshold = -boundary
-        self.info = {"rule": p.rule, "entropy_boundary": boundary, "overlays": p.n, "pool": len(clean)}
+        self.info = {
+            "rule": p.rule,
+            "rule_used": used,
+            "entropy_boundary": boundary,
+            "overlays": p.n,
+            "pool": len(clean),
+        }
         self.fit_metrics = {
             "clean_entropy_mean": float(ent.mean()),
             "clean_entropy_std": float(ent.std()) if len(ent) > 1 else 0.0,

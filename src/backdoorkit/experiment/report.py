@@ -824,9 +824,10 @@ def print_summary(table: ReportTable, console: Any = None) -> None:
         console.print("no finished cells")
     for title, header, body in _extra_tables(table):
         if len(header) * TERMINAL_COLUMN_WIDTH > console.width:  # too wide to read: one row per metric
-            header, body = [header[0]] + [row[0] for row in body], [
-                [name] + [row[i] for row in body] for i, name in enumerate(header[1:], start=1)
-            ]
+            header, body = (
+                [header[0]] + [row[0] for row in body],
+                [[name] + [row[i] for row in body] for i, name in enumerate(header[1:], start=1)],
+            )
         t = Table(*header, title=title, title_justify="left")
         for row in body:
             t.add_row(*row)
