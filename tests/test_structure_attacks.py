@@ -193,9 +193,9 @@ def test_latent_backdoor_implants_and_roundtrips(
 ) -> None:
     attack = build_attack("latent_backdoor")
     model = victim(attack, "resnet18", digits_train)
-    assert attack.split_point(model) == "layer3.1"
+    assert attack.split_point(model) == "layer4.0"  # block k = layer4.1, T&R's default head
     before = measure(model, digits_test, attack)
-    assert before["asr"] >= 0.90, show("latent_backdoor (LBA at layer4.0)", before)
+    assert before["asr"] >= 0.90 and before["ba"] >= 0.95, show("latent_backdoor (LBA at layer4.1)", before)
     roundtrip(model, tmp_path / "latent", digits_test.pixels()[:64])
 
 
@@ -203,21 +203,47 @@ def test_latent_backdoor_implants_and_roundtrips(
 def test_latent_backdoor_survives_head_replacement(
     digits_train: ImageSet, digits_test: ImageSet, badnets_digits: object
 ) -> None:
-    """Known failure, outside the default suite (``make test-known``): on digits the backdoor does not
-    survive a new head trained on clean data (measured: BA 89.7 %, ASR 0.3 %; BadNets after the same
-    replacement: ASR 0.0 %); Yao et al.'s trigger optimisation toward the target's features is not built."""
+    """Known failure, outside the default suite (``make test-known``): the issue asks that the latent
+    backdoor keep ASR >= 80 % after a new head is trained on clean data *where a plain BadNets backdoor
+    drops*.  On digits (ResNet-18 width 8) the two halves do not hold at the same split:
+
+    * replacing ``layer4.1`` + classifier (T&R's default split, the attack's default): latent 90-99 %
+      after replacement (BA 98 %), but plain BadNets also keeps 72-83 % (from 98 %): the stem of an
+      end-to-end BadNets model already carries the trigger's features.  Under T&R's own stage 2 (dropout
+      0.5, CutMix, label smoothing, 100 epochs on 144 clean images) the latent backdoor fell to 0 %
+      while BadNets kept 85 %: the shadow heads it was trained against use the victim's recipe.
+    * replacing the whole ``layer4``: BadNets drops to 0 %, and so does the latent backdoor (0-3 % with
+      either objective; ``head_game`` at weight 3 or 5 shadow epochs also broke the victim's BA).
+    """
     attack = build_attack("latent_backdoor")
     model = victim(attack, "resnet18", digits_train)
     at = attack.split_point(model)
     after = measure(replace_head(model, at, digits_train), digits_test, attack)
-    text = show("  after a new head is trained on clean data", after)
+    text = show("latent backdoor after a new head is trained on clean data", after)
     plain = badnets_digits[0]  # type: ignore[index]
+    plain_before = measure(plain["model"], digits_test, plain["attack"])
     replaced = replace_head(copy.deepcopy(plain["model"]), at, digits_train)
     base = measure(replaced, digits_test, plain["attack"])
-    base_text = show("  badnets after the same head replacement", base)
-    if after["asr"] < 0.80:  # not reached at this scale (see the report): say so with the numbers
-        pytest.xfail(f"latent backdoor does not survive head replacement on digits: {text}; {base_text}")
-    assert base["asr"] < after["asr"] - 0.3, base_text
+    was = f"before: asr {100 * plain_before['asr']:.1f} %"
+    base_text = show(f"  badnets after the same replacement ({was})", base)
+    held = (
+        after["asr"] >= 0.80
+        and base["asr"] <= plain_before["asr"] - 0.10  # the plain backdoor drops ...
+        and after["asr"] >= base["asr"] + 0.10  # ... the latent one clearly less
+    )
+    if not held:
+        pytest.xfail(f"latent vs BadNets under head replacement on digits: {text}; {base_text}")
+
+
+def test_latent_backdoor_outlives_a_plain_head_retrain(digits_train: ImageSet, digits_test: ImageSet) -> None:
+    """What holds on digits: the ``head_game`` latent backdoor keeps ASR >= 80 % (measured 90.4 %, BA
+    97.8 %) after ``layer4.1`` + classifier are re-initialised and trained on clean data, where Yao et
+    al.'s ``centroid`` matching at the same split left the new head at 74-82 % BA."""
+    attack = build_attack("latent_backdoor")
+    model = victim(attack, "resnet18", digits_train)
+    after = measure(replace_head(model, attack.split_point(model), digits_train), digits_test, attack)
+    text = show("latent backdoor after a plain head retrain", after)
+    assert after["asr"] >= 0.80 and after["ba"] >= 0.90, text
 
 
 # ------------------------------------------------------------------------------------ pruning-aware
