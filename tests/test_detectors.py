@@ -61,6 +61,23 @@ def test_strip_threshold_can_always_fire() -> None:
     assert entropy_boundary(spread, "quantile", 0.01) == (pytest.approx(1.01), "quantile")
 
 
+def test_strip_fits_its_threshold_on_a_capped_sample() -> None:
+    """The clean entropies come from at most ``fit_samples`` inputs (a seeded draw); the overlays from
+    the whole pool; the draw is the same for the same seed."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4)).eval()
+    pixels = (torch.rand(50, 3, 8, 8) * 255).to(torch.uint8)
+    pool = ImageSet(pixels, torch.arange(50) % 4, ("a", "b", "c", "d"))
+    capped = build_defense("strip", n=4, fit_samples=20).fit(model, pool, seed=3)
+    assert capped.info["fit_samples"] == 20 and capped.info["pool"] == 50 and len(capped.pool) == 50
+    again = build_defense("strip", n=4, fit_samples=20).fit(model, pool, seed=3)
+    assert again.threshold == capped.threshold
+    whole = build_defense("strip", n=4, fit_samples=None).fit(model, pool, seed=3)
+    assert whole.info["fit_samples"] == 50
+    with pytest.raises(ConfigError):
+        build_defense("strip", fit_samples=1)
+
+
 def test_squeezers_work_on_whole_batches() -> None:
     x = torch.rand(4, 3, 9, 9)
     med2 = median_filter(x, 2)
