@@ -520,7 +520,7 @@ def _marks(cells: pd.DataFrame, stats: pd.DataFrame, asr_fail: float, ba_drop: f
     several = groups.map(rivals.size()).fillna(0).to_numpy() >= 2
     # a column's best is only named once every defense in it has finished: a partial column's leader
     # may be beaten by a cell still pending or running
-    settled = groups.map(rivals["pending_cells"].sum() == 0).fillna(False).to_numpy(dtype=bool)
+    settled = groups.map((rivals["pending_cells"].sum() == 0).astype(int)).fillna(0).to_numpy() == 1
     several &= settled
     for col, best, flag in (("ba", "max", "best_ba"), ("asr", "min", "best_asr")):
         top = groups.map(rivals[col].agg(best)).to_numpy(dtype=float)
