@@ -199,22 +199,15 @@ def test_latent_backdoor_implants_and_roundtrips(
     roundtrip(model, tmp_path / "latent", digits_test.pixels()[:64])
 
 
-@pytest.mark.known_failure
 def test_latent_backdoor_survives_head_replacement(
     digits_train: ImageSet, digits_test: ImageSet, badnets_digits: object
 ) -> None:
-    """Known failure, outside the default suite (``make test-known``): the issue asks that the latent
-    backdoor keep ASR >= 80 % after a new head is trained on clean data *where a plain BadNets backdoor
-    drops*.  On digits (ResNet-18 width 8) the two halves do not hold at the same split:
-
-    * replacing ``layer4.1`` + classifier (T&R's default split, the attack's default): latent 90-99 %
-      after replacement (BA 98 %), but plain BadNets also keeps 72-83 % (from 98 %): the stem of an
-      end-to-end BadNets model already carries the trigger's features.  Under T&R's own stage 2 (dropout
-      0.5, CutMix, label smoothing, 100 epochs on 144 clean images) the latent backdoor fell to 0 %
-      while BadNets kept 85 %: the shadow heads it was trained against use the victim's recipe.
-    * replacing the whole ``layer4``: BadNets drops to 0 %, and so does the latent backdoor (0-3 % with
-      either objective; ``head_game`` at weight 3 or 5 shadow epochs also broke the victim's BA).
-    """
+    """The issue's contrast: after ``layer4.1`` + classifier (T&R's default split) are re-initialised
+    and trained on clean data, the latent backdoor keeps ASR >= 80 % while a plain BadNets backdoor
+    drops.  Measured (ResNet-18 width 8, five shadow heads a round): latent 98.8 % after replacement
+    (BA 97.8 %) for victim seeds 0, 1 and 2; BadNets 98.5 -> 82.7 %.  With one shadow head a round
+    the same seeds gave 99.1 / 43.3 / 99.1 %, with three 98.5 / 88.5 / 3.1 % (see
+    ``attacks/latent_backdoor.py``)."""
     attack = build_attack("latent_backdoor")
     model = victim(attack, "resnet18", digits_train)
     at = attack.split_point(model)
@@ -226,24 +219,9 @@ def test_latent_backdoor_survives_head_replacement(
     base = measure(replaced, digits_test, plain["attack"])
     was = f"before: asr {100 * plain_before['asr']:.1f} %"
     base_text = show(f"  badnets after the same replacement ({was})", base)
-    held = (
-        after["asr"] >= 0.80
-        and base["asr"] <= plain_before["asr"] - 0.10  # the plain backdoor drops ...
-        and after["asr"] >= base["asr"] + 0.10  # ... the latent one clearly less
-    )
-    if not held:
-        pytest.xfail(f"latent vs BadNets under head replacement on digits: {text}; {base_text}")
-
-
-def test_latent_backdoor_outlives_a_plain_head_retrain(digits_train: ImageSet, digits_test: ImageSet) -> None:
-    """What holds on digits: the ``head_game`` latent backdoor keeps ASR >= 80 % (measured 90.4 %, BA
-    97.8 %) after ``layer4.1`` + classifier are re-initialised and trained on clean data, where Yao et
-    al.'s ``centroid`` matching at the same split left the new head at 74-82 % BA."""
-    attack = build_attack("latent_backdoor")
-    model = victim(attack, "resnet18", digits_train)
-    after = measure(replace_head(model, attack.split_point(model), digits_train), digits_test, attack)
-    text = show("latent backdoor after a plain head retrain", after)
     assert after["asr"] >= 0.80 and after["ba"] >= 0.90, text
+    assert base["asr"] <= plain_before["asr"] - 0.10, base_text  # the plain backdoor drops ...
+    assert after["asr"] >= base["asr"] + 0.10, (text, base_text)  # ... the latent one clearly less
 
 
 # ------------------------------------------------------------------------------------ pruning-aware
