@@ -112,6 +112,27 @@ def test_repeated_methods_get_labels_naming_their_parameters() -> None:
     assert {c.attack_label for c in plan.cells} == {"badnets", "badnets rate=0.2", "big patch"}
 
 
+def test_an_explicit_label_over_a_list_names_each_value() -> None:
+    """A labelled entry that expands (a rate sweep) must not put its cells under one label: the report
+    would show one of them and hide the rest."""
+    plan = expand(
+        spec_of(
+            attacks=[
+                {"name": "badnets", "label": "BadNets"},
+                {"name": "badnets", "label": "BadNets poison", "rate": [0.05, 0.2]},
+            ],
+            models=[{"arch": "resnet18", "label": "r18", "width": [4, 8]}],
+        )
+    )
+    assert {c.attack_label for c in plan.cells} == {
+        "BadNets",
+        "BadNets poison rate=0.05",
+        "BadNets poison rate=0.2",
+    }
+    assert {c.model_label for c in plan.cells} == {"r18 width=4", "r18 width=8"}
+    assert len({(c.model_label, c.attack_label) for c in plan.cells}) == len(plan.cells)
+
+
 def test_parameters_that_take_lists_expand_only_from_lists_of_lists() -> None:
     fixed = expand(spec_of(train={"milestones": [0.5, 0.75]}))
     assert len(fixed.cells) == 1 and fixed.cells[0].train["milestones"] == [0.5, 0.75]
@@ -234,3 +255,16 @@ def test_demo_spec_is_valid_and_has_three_attacks() -> None:
     assert [a.name for a in spec.attacks][:3] == ["badnets", "blended", "l2_invisible"]
     plan = expand(spec)
     assert any(c.defense == "none" and c.attack == "badnets" and c.runnable for c in plan.cells)
+
+
+def test_a_renamed_label_reaches_cells_already_in_the_database(tmp_path: Path) -> None:
+    from backdoorkit.experiment.store import ResultStore
+
+    store = ResultStore(tmp_path / "r.db")
+    first = expand(spec_of(attacks=[{"name": "badnets", "label": "old name"}]))
+    store.register(first)
+    renamed = expand(spec_of(attacks=[{"name": "badnets", "label": "new name"}]))
+    assert [c.hash for c in renamed.cells] == [c.hash for c in first.cells]  # labels are not identity
+    store.register(renamed)
+    assert {r["attack"] for r in store.rows()} == {"new name"}
+    store.close()

@@ -738,11 +738,13 @@ class _Variant:
     identity: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
     skip: str | None = None
-    explicit_label: bool = False
 
 
 def _disambiguate(variants: list[_Variant]) -> None:
-    """Give different variants that ended up with the same label distinct labels."""
+    """Give different variants that ended up with the same label distinct labels: the parameters
+    that differ within the group are appended, to an explicit ``label:`` too (an entry such as
+    ``{label: "BadRes rate", rate: [0.025, 0.05]}`` expands into one label per rate; without this the
+    cells would share one report column and all but one would be hidden)."""
     by_label: dict[str, list[_Variant]] = {}
     for v in variants:
         by_label.setdefault(v.label, []).append(v)
@@ -753,8 +755,6 @@ def _disambiguate(variants: list[_Variant]) -> None:
         keys = sorted({k for v in group for k in _flat_items(v.params)})
         differ = [k for k in keys if len({_fmt(_flat_items(v.params).get(k)) for v in group}) > 1]
         for v in group:
-            if v.explicit_label:
-                continue
             flat = _flat_items(v.params)
             v.label = _label(label, {k: flat.get(k) for k in differ}) if differ else label
 
@@ -804,7 +804,6 @@ def _dataset_variants(spec: Spec) -> list[_Variant]:
                     {"train": train},
                     ident,
                     {"ref": ref, "train": train},
-                    explicit_label=ds.label is not None,
                 )
             )
     _disambiguate(out)
@@ -841,7 +840,6 @@ def _model_variants(spec: Spec) -> list[_Variant]:
                     {"width": width, "kwargs": kwargs, "train": train},
                     ident,
                     {"model": model, "train": spec_train, "model_train": model_train},
-                    explicit_label=m.label is not None,
                 )
             )
     _disambiguate(out)
@@ -867,7 +865,6 @@ def _attack_variants(spec: Spec) -> list[_Variant]:
                     a.label or NO_ATTACK,
                     {},
                     {"name": NO_ATTACK, "params": {}},
-                    explicit_label=a.label is not None,
                 )
             )
             continue
@@ -881,7 +878,6 @@ def _attack_variants(spec: Spec) -> list[_Variant]:
                     params,
                     {"name": name, "params": canonical(params)},
                     skip=f"attack {name!r} is not registered in this installation",
-                    explicit_label=a.label is not None,
                 )
             )
             continue
@@ -900,7 +896,6 @@ def _attack_variants(spec: Spec) -> list[_Variant]:
                     values,
                     {"name": name, "params": described},
                     {"params": described},
-                    explicit_label=a.label is not None,
                 )
             )
     _disambiguate(out)
@@ -923,7 +918,6 @@ def _defense_variants(spec: Spec) -> list[_Variant]:
                     {},
                     {"name": NO_DEFENSE, "params": {}},
                     {"kind": "none", "scenario": d.scenario},
-                    explicit_label=d.label is not None,
                 )
             )
             continue
@@ -954,7 +948,6 @@ def _defense_variants(spec: Spec) -> list[_Variant]:
                     {"name": name, "params": canonical(d.params)},
                     {"kind": "?", "scenario": d.scenario},
                     skip=f"defense {name!r} is not registered in this installation",
-                    explicit_label=d.label is not None,
                 )
             )
             continue
@@ -1020,7 +1013,6 @@ def _one_defense(
                     "scenarios": _scenarios_of(cls),
                     "params": described,
                 },
-                explicit_label=label is not None,
             )
         )
     return out

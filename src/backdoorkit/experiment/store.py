@@ -351,8 +351,9 @@ class ResultStore:
     def register(self, plan: Plan) -> None:
         """Insert a row for every cell of ``plan`` that has none (pending, or skipped with its reason).
 
-        Rows of the plan are stamped with its spec hash (a cell shared by several specs carries the hash
-        of the latest one registered), so ``rows(spec_hash=...)`` gives the cells of a spec's latest run.
+        Rows of the plan are stamped with its spec hash and labels (a cell shared by several specs carries
+        the hash and labels of the latest one registered), so ``rows(spec_hash=...)`` gives the cells of a
+        spec's latest run and a label renamed in the spec reaches the cells already finished.
         """
         now = time.time()
         with self.transaction() as con:
@@ -382,7 +383,11 @@ class ResultStore:
                         now,
                     ),
                 )
-                con.execute("UPDATE cells SET spec_hash = ? WHERE cell_hash = ?", (plan.spec_hash, c.hash))
+                con.execute(  # the latest spec's labels too: renaming a label relabels finished cells
+                    "UPDATE cells SET spec_hash = ?, dataset = ?, model = ?, attack = ?, defense = ? "
+                    "WHERE cell_hash = ?",
+                    (plan.spec_hash, c.dataset.label, c.model_label, c.attack_label, c.defense_label, c.hash),
+                )
                 if not c.runnable:
                     con.execute(
                         "UPDATE cells SET skip_reason = ? WHERE cell_hash = ? AND status = 'skipped'",
