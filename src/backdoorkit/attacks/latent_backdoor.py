@@ -141,8 +141,9 @@ class LatentBackdoor(BadNets):
         poisoned: PoisonedSet,
         config: TrainConfig,
     ) -> None:
-        """One epoch per round: train a fresh shadow head on the clean rows (stem frozen), then train
-        the victim one epoch against it; the config's schedule runs over all rounds as one."""
+        """One epoch per round: train ``shadow_heads`` fresh heads on the clean rows (stem frozen), then
+        train the victim one epoch against them; the config's schedule runs over all rounds as one."""
+        from backdoorkit.models.stages import Composite
         from backdoorkit.train import config_schedule, fit
 
         at = self.split_point(model)
@@ -174,12 +175,11 @@ class LatentBackdoor(BadNets):
         heads, smoothing = self.params.shadow_heads, config.label_smoothing
         device = next(model.parameters()).device
 
-        def bank_loss(bank: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.no_grad():  # the stem is frozen: no backward pass through it
+        def shadow_loss(joined: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad():  # the stem is frozen: a forward pass only, no backward through it
                 feats = stem(batch.x)
-            logits = torch.stack([h(feats).float() for h in bank.heads])  # type: ignore[attr-defined]
-            losses = [F.cross_entropy(z, batch.y, label_smoothing=smoothing) for z in logits]
-            return torch.stack(losses).sum(), logits.mean(0)
+            logits = joined.head(feats).float()  # type: ignore[operator]
+            return F.cross_entropy(logits, batch.y, label_smoothing=smoothing), logits
 
         for epoch in range(epochs):
             shadows = nn.ModuleList()
@@ -188,11 +188,11 @@ class LatentBackdoor(BadNets):
                 _reinit(shadow, seed=config.seed + 1000 + epoch * heads + h)
                 shadows.append(shadow.to(device))
                 fit(
-                    _HeadBank(stem, nn.ModuleList([shadow])),
+                    Composite(stem, shadow),
                     clean,
                     shadow_config.model_copy(update={"seed": config.seed + 1 + epoch * heads + h}),
                     trainable=list(shadow.parameters()),
-                    loss_fn=bank_loss,
+                    loss_fn=shadow_loss,
                 )
             shadows.requires_grad_(False)
             current["shadows"] = shadows
@@ -208,23 +208,6 @@ class LatentBackdoor(BadNets):
                 lr_schedule=lambda step, _total, offset=offset: schedule(offset + step, total),
             )
             state = result.state
-
-
-class _HeadBank(nn.Module):
-    """The frozen stem and shadow head(s); the stem runs without autograd in ``bank_loss``, so training
-    a shadow head costs a stem forward pass, not a backward pass through it."""
-
-    def __init__(self, stem: nn.Module, heads: nn.ModuleList) -> None:
-        super().__init__()
-        self.stem, self.heads = stem, heads
-        for attr in ("in_channels", "num_classes", "classes"):
-            source = stem if attr == "in_channels" else heads[0]
-            if hasattr(source, attr):
-                setattr(self, attr, getattr(source, attr))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.stem(x)
-        return torch.stack([h(feats) for h in self.heads]).mean(0)
 
 
 def _reinit(module: nn.Module, seed: int) -> None:
