@@ -167,6 +167,7 @@ def test_every_kind_runs_and_a_second_run_trains_nothing(tmp_path: Path, toys: l
         assert r["status"] == "done" and r["attempts"] == 1
         assert (r["ba"], r["asr"]) == (b[h]["ba"], b[h]["asr"])
         assert r["versions"]["torch"] == torch.__version__ and r["device"] == "cpu"
+        assert r["versions"]["cpu"].endswith(torch.backends.cpu.get_cpu_capability())
         assert "backdoor_model" in b[h]["stage_seconds"]["cached"]
     by_defense = {r["defense"]: r for r in a.values()}
     assert by_defense["_toy_repair"]["info"]["scan"][0]["skip"] == "layer1.0"

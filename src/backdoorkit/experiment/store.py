@@ -16,7 +16,8 @@ Crash safety and concurrency:
 Table ``cells``: the cell's coordinates (dataset, model, attack, defense labels, seed, clean fraction),
 the registered method names, scenario, status (``pending``, ``running``, ``done``, ``failed``,
 ``skipped``), the defense's info and the cell description (JSON), wall time per stage (JSON), device,
-package versions (JSON), the error line and traceback, the skip reason, attempts and timestamps.
+package versions with the CPU model and instruction set (JSON), the error line and traceback, the
+skip reason, attempts and timestamps.
 
 Table ``metrics(cell_hash, name, value)``: every finite number of a result's ``metrics`` (BA, ASR,
 AUROC, a new defense's own score ...), whatever its name, so a new metric needs no schema change.
@@ -28,6 +29,7 @@ has the long table.  A version-1 database is migrated when it is opened.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import numbers
@@ -122,19 +124,43 @@ CREATE TABLE IF NOT EXISTS metrics (
 """
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model name and the instruction set PyTorch's CPU kernels use (``"AMD EPYC 9B14 /
+    AVX512"``).  CPU training is deterministic on one machine but not across instruction sets: a
+    borderline backdoor trained twice from the same seed on an AVX2 and an AVX-512 CPU can end tens of
+    ASR points apart, so every row says which it ran on."""
+    import torch
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} / {torch.backends.cpu.get_cpu_capability()}"
+
+
 def versions() -> dict[str, str]:
-    """Versions recorded with every row."""
+    """Versions recorded with every row, with the CPU (and the GPU where one is visible)."""
     import numpy
     import torch
 
     import backdoorkit
 
-    return {
+    out = {
         "backdoorkit": backdoorkit.__version__,
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "python": platform.python_version(),
+        "cpu": cpu_name(),
     }
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
 
 
 def _number(value: Any) -> float | None:
