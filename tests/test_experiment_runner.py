@@ -262,6 +262,45 @@ def test_a_failing_cell_is_recorded_and_the_matrix_goes_on(tmp_path: Path, share
     assert "off-image" in to_markdown(build_table(load_rows(tmp_path / "r.db")))
 
 
+def test_only_runs_the_selected_cells_and_leaves_the_rest_pending(
+    tmp_path: Path, shared_cache: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from backdoorkit.cli import main
+
+    spec = tiny(
+        tmp_path, attacks=["none", {"name": "badnets", "label": "BadNets"}], defenses=["none", "ft_fc"]
+    )
+    db = tmp_path / "o.db"
+    summary = run_experiment(
+        spec, db=db, cache_dir=shared_cache, quiet=True, only=["attack=badnets", "defense=none"]
+    )
+    assert (summary.done, summary.unselected) == (1, 3)
+    status = {(r["attack"], r["defense"]): r["status"] for r in rows(db)}
+    assert status == {
+        ("BadNets", "none"): "done",
+        ("BadNets", "ft_fc"): "pending",
+        ("none", "none"): "pending",
+        ("none", "ft_fc"): "pending",
+    }
+    # --force with --only recomputes the selection only; the same key twice widens it
+    summary = run_experiment(
+        spec, db=db, cache_dir=shared_cache, quiet=True, force=True, only=["defense=ft_fc", "attack=BadNets"]
+    )
+    assert (summary.done, summary.unselected) == (1, 2)
+    assert {r["attempts"] for r in rows(db) if r["defense"] == "none" and r["attack"] == "BadNets"} == {1}
+    summary = run_experiment(
+        spec, db=db, cache_dir=shared_cache, quiet=True, resume=True, only=["attack=none", "attack=BadNets"]
+    )
+    assert (summary.done, summary.unselected) == (2, 0)
+    # bad filters: one line, exit 2, before anything runs
+    for bad in ("attack=WaNet", "colour=red", "attack"):
+        with pytest.raises(SystemExit) as exc:
+            main(["run", str(spec), "--db", str(db), "--resume", "--quiet", "--only", bad])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and len(err.splitlines()) == 1 and "--only" in err, err
+    assert "BadNets" in err or "KEY=VALUE" in err
+
+
 def test_worker_processes(tmp_path: Path, shared_cache: Path) -> None:
     spec = tiny(tmp_path, attacks=[{"name": "badnets", "params": {"size": [2, 3]}}])
     summary = run_experiment(spec, db=tmp_path / "r.db", cache_dir=shared_cache, quiet=True, jobs=2)

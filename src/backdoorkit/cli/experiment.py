@@ -33,6 +33,12 @@ def run_cmd(
         None, "--cache-dir", help="Artefact cache (default: $BACKDOORKIT_CACHE)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no table."),
+    only: list[str] | None = typer.Option(
+        None,
+        "--only",
+        help="Run only the cells with KEY=VALUE (dataset, model, attack, defense, seed: a label or a "
+        "method name; repeatable: other keys narrow, the same key widens). The rest wait for a later run.",
+    ),
 ) -> None:
     """Run the attack x defense x dataset x model x seed matrix of SPEC into a results database.
 
@@ -52,12 +58,15 @@ def run_cmd(
         quiet=quiet,
         cache_dir=cache_dir,
         argv=sys.argv[1:],
+        only=only,
     )
     if not quiet:
         print_summary(build_table(load_rows(summary.db, summary.spec_hash)), console)
         console.print(
             f"{summary.done} done, {summary.failed} failed, {summary.already} already done, "
-            f"{summary.skipped} skipped, {summary.elsewhere} left to another run in {summary.seconds:.1f}s; "
+            f"{summary.skipped} skipped, {summary.elsewhere} left to another run"
+            + (f", {summary.unselected} not selected" if summary.unselected else "")
+            + f" in {summary.seconds:.1f}s; "
             f"results in {summary.db}",
             highlight=False,
             soft_wrap=True,

@@ -56,6 +56,7 @@ class RunSummary:
     failed: int = 0
     already: int = 0
     elsewhere: int = 0
+    unselected: int = 0
     seconds: float = 0.0
     skips: list[tuple[str, str]] = field(default_factory=list)
 
@@ -220,14 +221,20 @@ def run_experiment(
     live: bool | None = None,
     cache_dir: str | Path | None = None,
     argv: list[str] | None = None,
+    only: list[str] | None = None,
 ) -> RunSummary:
-    """Run (or resume) the matrix of ``spec``; returns a :class:`RunSummary`."""
+    """Run (or resume) the matrix of ``spec``; returns a :class:`RunSummary`.
+
+    ``only``: ``KEY=VALUE`` filters (see :func:`select_cells`); the cells they leave out stay as they
+    are in the database (pending, done ...) for a later run.
+    """
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: need at least one job")
     plan = expand(spec)
     preflight(plan, executor)
+    chosen = {c.hash for c in (select_cells(plan.runnable, only) if only else plan.runnable)}
     db_path = Path(db).expanduser() if db is not None else default_db(spec)
     cache_root = (
         Path(cache_dir).expanduser()
@@ -246,8 +253,9 @@ def run_experiment(
             "already in the "
             f"database ({what}); pass --resume to finish the rest or --force to recompute them"
         )
-    if force:
-        store.reset([c.hash for c in runnable])
+    unselected = 0
+    if force:  # only what is selected is recomputed
+        store.reset([c.hash for c in runnable if c.hash in chosen])
         statuses = store.statuses([c.hash for c in runnable])
     todo = [
         c
@@ -256,6 +264,9 @@ def run_experiment(
         or (retry_failed and statuses.get(c.hash) == "failed")
     ]
     already = len(runnable) - len(todo)
+    if only:
+        unselected = sum(c.hash not in chosen for c in todo)
+        todo = [c for c in todo if c.hash in chosen]
     summary = RunSummary(
         db_path,
         plan.spec_hash,
@@ -263,6 +274,7 @@ def run_experiment(
         len(plan.skipped),
         already=already,
         skips=[(describe(c), c.skip_reason or "") for c in plan.skipped],
+        unselected=unselected,
     )
     start = time.perf_counter()
     run_id = store.start_run(plan.spec_hash, spec.name, argv or [])
@@ -293,6 +305,42 @@ def run_experiment(
         summary.seconds = time.perf_counter() - start
         store.close()
     return summary
+
+
+SELECT_KEYS = ("dataset", "model", "attack", "defense", "seed")
+"""What ``--only`` can select on."""
+
+
+def select_cells(cells: list[Cell], only: list[str]) -> list[Cell]:
+    """The cells matching every ``KEY=VALUE`` of ``only`` (a key given twice matches either value).
+
+    ``KEY`` is one of :data:`SELECT_KEYS`; ``VALUE`` is the row's label in the report or the registered
+    name (``attack=BadNets`` and ``attack=badnets`` both work; ``none`` is the no-attack / no-defense
+    row).  A filter that names an unknown key, or that matches no cell, is a :class:`ConfigError`
+    naming what there is.
+    """
+    wanted: dict[str, set[str]] = {}
+    for item in only:
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        if not sep or not value.strip() or key not in SELECT_KEYS:
+            raise ConfigError(f"--only {item}: expected KEY=VALUE with KEY one of {', '.join(SELECT_KEYS)}")
+        wanted.setdefault(key, set()).add(value.strip().lower())
+
+    def names(cell: Cell, key: str) -> set[str]:
+        out = {str(cell.coordinates()[key])}
+        if key in ("attack", "defense"):
+            out.add(getattr(cell, key))
+        elif key == "model":
+            out.add(str(cell.model.get("arch")))
+        return {n.lower() for n in out}
+
+    chosen = [c for c in cells if all(names(c, k) & v for k, v in wanted.items())]
+    if not chosen:
+        have = {k: sorted({str(c.coordinates()[k]) for c in cells}) for k in wanted}
+        what = "; ".join(f"{k}: {', '.join(v)}" for k, v in have.items())
+        raise ConfigError(f"--only {' '.join(only)} matches none of the {len(cells)} cells ({what})")
+    return chosen
 
 
 def preflight(plan: Plan, executor: str = "local") -> None:
