@@ -63,10 +63,15 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def mad_anomaly(norms: torch.Tensor) -> tuple[float, int, torch.Tensor]:
-    """Anomaly index of the smallest value, its class, and every class's (signed, small side) index."""
+    """Anomaly index of the smallest value, its class, and every class's (signed, small side) index.
+
+    Medians as ``numpy.median`` (the official code's): the mean of the two middle values for an even
+    count.  ``torch.median`` returns the lower one, which for 10 classes shrinks the MAD and inflated
+    a clean CIFAR-10 model's index from 2.8 to 4.5.
+    """
     n = norms.detach().double().cpu()
-    med = n.median()
-    mad = (n - med).abs().median() * MAD_CONSISTENCY
+    med = n.quantile(0.5)
+    mad = (n - med).abs().quantile(0.5) * MAD_CONSISTENCY
     per_class = (med - n) / mad.clamp_min(1e-12)
     k = int(n.argmin())
     return float(per_class[k]), k, per_class.float()

@@ -46,7 +46,7 @@ def nc_verdict(rev: Reversed, threshold: float) -> Verdict:
         {
             "suspect": float(target),
             "min_norm": float(rev.norms.min()),
-            "median_norm": float(rev.norms.median()),
+            "median_norm": float(rev.norms.double().quantile(0.5)),
             "target_success": float(rev.success[target]),
             "classes_reached": float(rev.reached.float().sum()),
             "steps": float(rev.steps),
