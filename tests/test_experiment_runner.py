@@ -189,6 +189,21 @@ def test_every_kind_runs_and_a_second_run_trains_nothing(tmp_path: Path, toys: l
     assert any(p.name.startswith("scan_") and "toy_repair" in p.name for p in out.values())
     assert any(p.name.startswith("bars_") for p in out.values())
 
+    # a defense whose computation changed bumps its revision: the cache no longer answers for it
+    def verdict_scores(db: Path) -> dict[str, float]:
+        return {r["defense"]: r for r in rows(db)}["_toy_inspector"]["info"]["verdict"]["scores"]
+
+    old_inspect = ToyInspector.inspect
+    ToyInspector.inspect = lambda self, model, clean, *, seed=0: Verdict(True, 0, scores={"anomaly": 4.0})
+    try:
+        run_experiment(spec, db=tmp_path / "c.db", cache_dir=cache, quiet=True)
+        assert verdict_scores(tmp_path / "c.db") == {"anomaly": 3.0}  # the cached verdict
+        ToyInspector.revision = 1
+        run_experiment(spec, db=tmp_path / "d.db", cache_dir=cache, quiet=True)
+        assert verdict_scores(tmp_path / "d.db") == {"anomaly": 4.0}
+    finally:
+        ToyInspector.inspect, ToyInspector.revision = old_inspect, 0
+
 
 def test_forbidden_scenarios_are_skipped_with_their_reason(
     tmp_path: Path, toys: list[str], shared_cache: Path

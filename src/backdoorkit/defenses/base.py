@@ -127,6 +127,9 @@ class Defense(ABC):
     kind: ClassVar[Kind]
     scenarios: ClassVar[tuple[Scenario, ...]] = ()
     Params: ClassVar[type[DefenseParams]] = DefenseParams
+    revision: ClassVar[int] = 0
+    """Bumped when a change makes the defense compute something else from the same inputs, so that the
+    experiment cache does not hand back results of the older code (0 leaves the cache keys as they were)."""
 
     def __init__(self, **params: Any) -> None:
         try:

@@ -126,6 +126,7 @@ class DeepInspect(ModelInspector):
     """DeepInspect: inverted substitute data, a conditional trigger generator, MAD test on magnitudes."""
 
     name = "deepinspect"
+    revision = 1  # numpy-style medians in the anomaly index (2026-12-05)
     paper = PAPER
     Params = DeepInspectParams
 

@@ -59,6 +59,7 @@ class NCUnlearn(ModelRepair):
     """Neural Cleanse + unlearning: fine-tune on clean samples, 20 % carrying the recovered trigger."""
 
     name = "nc_unlearn"
+    revision = 1  # numpy-style medians in the anomaly index (2026-12-05)
     paper = PAPER
     Params = NCUnlearnParams
 

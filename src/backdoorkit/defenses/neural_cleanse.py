@@ -67,6 +67,7 @@ class NeuralCleanse(ModelInspector):
     """Neural Cleanse: per-class minimal triggers, all classes in one batch; MAD anomaly index > 2."""
 
     name = "neural_cleanse"
+    revision = 1  # numpy-style medians in the anomaly index (2026-12-05)
     paper = PAPER
     Params = NeuralCleanseParams
 

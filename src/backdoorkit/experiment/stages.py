@@ -261,10 +261,14 @@ class CellWork:
         return build_defense(self.cell.defense, **self.cell.defense_params)
 
     def _defense_key(self, kind: str, *parts: Any) -> str:
+        from backdoorkit.defenses import DEFENSES
+
         _, holdout, _ = self.data()
+        revision = DEFENSES.get(self.cell.defense).revision
         return hash_key(
             kind,
             *parts,
+            *((("revision", revision),) if revision else ()),
             fingerprint(holdout) if holdout is not None else None,
             self.cell.defense,
             self.cell.defense_params,
