@@ -40,10 +40,10 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from backdoorkit.errors import ConfigError
 from backdoorkit.experiment.spec import Cell, Plan
@@ -122,6 +122,26 @@ CREATE TABLE IF NOT EXISTS metrics (
     PRIMARY KEY (cell_hash, name)
 );
 """
+
+
+T = TypeVar("T")
+
+
+def _when_unlocked(step: Callable[[], T], path: Path) -> T:
+    """Run ``step``, retried while SQLite says the database is locked or busy.
+
+    The busy timeout does not cover every lock: a second process that opens a new database while the
+    first is switching it to WAL gets "database is locked" at once (SQLite returns busy without waiting
+    where waiting could deadlock).  Two runs on one database hit that at start-up.
+    """
+    for attempt in range(50):
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            time.sleep(min(0.05 * (attempt + 1), 1.0))
+    raise sqlite3.OperationalError(f"{path}: database stayed locked")  # pragma: no cover
 
 
 @functools.lru_cache(maxsize=1)
@@ -266,7 +286,7 @@ class ResultStore:
             con = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             con.row_factory = sqlite3.Row
             con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _when_unlocked(lambda: con.execute("PRAGMA journal_mode = WAL").fetchone()[0], self.path)
             if str(mode).lower() != "wal":  # pragma: no cover - filesystems without shared memory
                 con.execute("PRAGMA journal_mode = DELETE")
             con.execute("PRAGMA synchronous = NORMAL")
@@ -277,16 +297,7 @@ class ResultStore:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE ... COMMIT`` (rolled back on error), retried while the database is locked."""
         con = self._con()
-        for attempt in range(50):
-            try:
-                con.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                time.sleep(min(0.05 * (attempt + 1), 1.0))
-        else:  # pragma: no cover
-            raise sqlite3.OperationalError(f"{self.path}: database stayed locked")
+        _when_unlocked(lambda: con.execute("BEGIN IMMEDIATE"), self.path)
         try:
             yield con
         except BaseException:
