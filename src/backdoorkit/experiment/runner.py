@@ -253,20 +253,18 @@ def run_experiment(
             "already in the "
             f"database ({what}); pass --resume to finish the rest or --force to recompute them"
         )
-    unselected = 0
     if force:  # only what is selected is recomputed
         store.reset([c.hash for c in runnable if c.hash in chosen])
         statuses = store.statuses([c.hash for c in runnable])
-    todo = [
+    unfinished = [
         c
         for c in runnable
         if statuses.get(c.hash) in ("pending", "running")
         or (retry_failed and statuses.get(c.hash) == "failed")
     ]
-    already = len(runnable) - len(todo)
-    if only:
-        unselected = sum(c.hash not in chosen for c in todo)
-        todo = [c for c in todo if c.hash in chosen]
+    already = len(runnable) - len(unfinished)
+    todo = [c for c in unfinished if c.hash in chosen]
+    unselected = len(unfinished) - len(todo)
     summary = RunSummary(
         db_path,
         plan.spec_hash,
