@@ -135,6 +135,8 @@ def test_defense_result_does_not_depend_on_the_evaluation_attack(
     ("argv", "message"),
     [
         (["defend", "--defense", "no_such", "--model", "{m}"], "unknown defense"),
+        (["detect", "--detector", "strp", "--model", "{m}"], "did you mean 'strip'?); detect runs: feature_"),
+        (["inspect", "--inspector", "nc", "--model", "{m}"], "inspect runs: deepinspect, neural_cleanse"),
         (["defend", "--defense", "ssft", "--model", "{m}", "-P", "lr=-1"], "lr"),
         (["defend", "--defense", "ssft", "--model", "{m}", "-p", "variant=grid"], "--attack"),
         (["defend", "--defense", "ssft", "--model", "{m}", "--clean-fraction", "0"], "clean-fraction"),

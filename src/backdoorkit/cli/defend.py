@@ -23,6 +23,7 @@ Figure 1) as CSV, JSON and PNG into a folder.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +150,14 @@ def _is_model_file(model: str) -> bool:
 def _defense_for(name: str, params: list[str] | None, kinds: tuple[str, ...], command: str) -> Any:
     from backdoorkit.defenses import DEFENSES, build_defense
 
+    names = [n for n in DEFENSES.names() if DEFENSES.get(n).kind in kinds]
+    allowed = ", ".join(names)
+    if name not in DEFENSES and command != "defend":
+        close = difflib.get_close_matches(name.lower(), names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown {' / '.join(kinds)} {name!r}{hint}; {command} runs: {allowed or 'none'}")
     cls = DEFENSES.get(name)
     if cls.kind not in kinds:
-        allowed = ", ".join(n for n in DEFENSES.names() if DEFENSES.get(n).kind in kinds)
         raise ConfigError(
             f"{command} runs {' / '.join(kinds)} methods; {name} is a {cls.kind} defense "
             f"(try: {allowed or 'none registered'})"
