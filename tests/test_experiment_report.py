@@ -233,7 +233,7 @@ def test_any_metric_name_is_stored_and_reported(tmp_path: Path) -> None:
 
     table = build_table(load_rows(tmp_path / "r.db"))
     md = to_markdown(table)
-    assert "## Repair" in md and "digits / badnets my_metric" in md
+    assert "## Repair" in md and "my_metric |" in md
     assert next(line for line in md.splitlines() if line.startswith("| toy") and "3.25" in line)
     parsed = list(csv.DictReader(io.StringIO(to_csv(table))))
     toy = next(r for r in parsed if r["defense"] == "toy")
@@ -305,7 +305,7 @@ rows:
   - {dataset: digits, attack: badnets, defense: none, ba: 99.1, asr: 100.0}
   - {dataset: digits, attack: badnets, defense: strong, ba: 97.5, asr: 0.5, iso_recall: 88.0}
   - {dataset: digits, attack: badnets, defense: clean, ba: 99.3}
-  - {dataset: digits, attack: badnets, defense: detect, auroc: 0.97}
+  - {dataset: digits, attack: badnets, defense: detect, auroc: 97.0}
   - {dataset: digits, attack: wanet, defense: none, ba: 98.0, asr: 97.0}
   - {dataset: digits, attack: badnets, defense: absent, ba: 1.0, asr: 1.0}
 """
@@ -342,7 +342,12 @@ def test_paper_numbers_beside_ours_in_md_csv_latex(db: Path, tmp_path: Path) -> 
     assert row["leaky"][1] == "–"  # the paper gives nothing for it
     assert "A paper, Table 1 (digits)" in md
     # other metrics beside ours in the tables per kind (percent as the paper gives them)
-    assert "digits / badnets AUROC (paper)" in md and "97.0" in md
+    detection = md[md.index("## Detection") :]
+    header = next(line for line in detection.splitlines() if line.startswith("| Detector"))
+    assert [c.strip() for c in header.split("|")[1:4]] == ["Detector", "Setting", "AUROC"]
+    assert "AUROC (paper)" in header
+    row = next(line for line in detection.splitlines() if line.startswith("| detect | digits / badnets"))
+    assert [c.strip() for c in row.split("|")[3:5]] == ["91.0", "97.0"]
     # rows that match nothing are listed, never dropped silently
     assert "## Paper rows without a result here" in md
     assert "digits / wanet / none: no such column group" in md
@@ -527,11 +532,11 @@ def test_a_metric_table_too_wide_for_the_terminal_is_printed_one_row_per_metric(
     table = build_table(load_rows(db))
     wide = Console(file=io.StringIO(), width=400)
     print_summary(table, wide)
-    assert "┃ Detector" in wide.file.getvalue() and "badnets AUROC ┃" in wide.file.getvalue()
+    assert "┃ Detector ┃ Setting" in wide.file.getvalue() and "┃ AUROC" in wide.file.getvalue()
     narrow = Console(file=io.StringIO(), width=36)  # 4 columns x 10 characters do not fit
     print_summary(table, narrow)
     text = narrow.file.getvalue()
     detection = text[text.index("Detection") :]
-    for label in ("digits / badnets AUROC", "digits / badnets TPR@1%", "digits / badnets TPR@5%"):
+    for label in ("AUROC", "TPR@1%", "TPR@5%"):
         line = next(line for line in detection.splitlines() if label in line)
         assert any(ch.isdigit() for ch in line.split(label)[1]), line  # the value sits on the label's line

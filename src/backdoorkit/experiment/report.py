@@ -17,12 +17,12 @@ several), each with the sub-columns BA and ASR in percent; with several seeds a 
 Detectors appear with the BA / ASR of the model behind them at their own threshold.  Every other
 metric a cell recorded (AUROC and TPR of detectors, isolation precision / recall, a new defense's own
 score ...) appears, with no code per metric, in a table per defense kind (detector, training, repair,
-inspector) of the metrics present for that kind's rows (fractions of :data:`PERCENT` in %, others as
-recorded); an inspector's verdict counts as the metrics ``infected`` and ``target_correct``.  The
-CSV has every metric (the quantised ASR, recorded for every row, only there).  Skipped combinations
-are listed with their reasons and failed cells with their error line.  Figures
-(:mod:`backdoorkit.viz.report_figures`): BA / ASR bars per column group and, when a defense recorded
-a skip scan (``info["scan"]``), its skip-scan curves.
+inspector) of the metrics present for that kind's rows, one row per defense x column group and one
+column per metric (fractions of :data:`PERCENT` in %, others as recorded); an inspector's verdict
+counts as the metrics ``infected`` and ``target_correct``.  The CSV has every metric (the quantised
+ASR, recorded for every row, only there).  Skipped combinations are listed with their reasons and
+failed cells with their error line.  Figures (:mod:`backdoorkit.viz.report_figures`): BA / ASR bars
+per column group and, when a defense recorded a skip scan (``info["scan"]``), its skip-scan curves.
 
 Paper numbers (:func:`load_paper`): a ``<spec>.paper.yaml`` file (one source of truth per
 reproduction, next to its spec)::
@@ -82,6 +82,10 @@ PERCENT = {
     "iso_base_precision",
     "iso_base_recall",
     "isolation_overlap",
+    "detected",
+    "false_rejection",
+    "model_ba",
+    "model_asr",
 }
 """Fractions shown in percent; any other metric is shown as it was recorded."""
 LABELS = {
@@ -89,6 +93,10 @@ LABELS = {
     "auroc": "AUROC",
     "tpr_at_1fpr": "TPR@1%",
     "tpr_at_5fpr": "TPR@5%",
+    "detected": "detection rate",
+    "false_rejection": "false rejection",
+    "model_ba": "BA unguarded",
+    "model_asr": "ASR unguarded",
     "iso_precision": "isolation precision",
     "iso_recall": "isolation recall",
     "iso_base_precision": "isolation precision by M_s",
@@ -100,6 +108,10 @@ ORDER = [
     "auroc",
     "tpr_at_1fpr",
     "tpr_at_5fpr",
+    "detected",
+    "false_rejection",
+    "model_ba",
+    "model_asr",
     "iso_precision",
     "iso_recall",
     "iso_base_precision",
@@ -599,7 +611,17 @@ def _legend(table: ReportTable) -> str:
 
 
 def _extra_tables(table: ReportTable) -> list[tuple[str, list[str], list[list[str]]]]:
-    """``(title, header, body)`` per defense kind of the metrics beyond BA / ASR (plain text cells)."""
+    """``(title, header, body)`` per defense kind of the metrics beyond BA / ASR (plain text cells).
+
+    Long layout: one row per defense and column group (``Setting``, e.g. ``cifar10 / BadNets``), one
+    column per metric, the paper's value beside ours where it gives one.  A detection spec over a dozen
+    attacks with ten metrics each stays a dozen columns wide instead of 120.  The first two columns name
+    the row; rows where a defense has no value in that group (ours or the paper's) are left out.
+    """
+
+    def has(d: str, g: Group, n: str, paper: bool) -> bool:
+        return table.paper_value(d, g, n) is not None if paper else table.stat(d, g, n)[2] > 0
+
     kinds = list(KINDS) + sorted(set(table.cells["kind"]) - set(KINDS) - {"none", "clean"})
     out = []
     for kind in kinds:
@@ -609,27 +631,28 @@ def _extra_tables(table: ReportTable) -> list[tuple[str, list[str], list[list[st
         names += sorted(given - set(names))
         if not names:
             continue
+
         # a column only where some row of this kind has a value there (ours or the paper's)
-        subs = [
-            (g, n, p)
-            for g in table.groups
+        cols = [
+            (n, p)
             for n in names
             for p in (False, True)
-            if (table.has_paper(g, n) if p else any(table.stat(d, g, n)[2] for d in rows))
-        ]
-        header = [kind.capitalize() if kind in ("detector", "inspector") else "Defense"] + [
-            f"{g.title} {subcolumn_label(n, p)}" for g, n, p in subs
+            if any(has(d, g, n, p) for d in rows for g in table.groups)
         ]
         body = [
-            [d]
+            [d, g.title]
             + [
                 _value_text(n, table.paper_value(d, g, n), None)
                 if p
                 else _value_text(n, *table.stat(d, g, n)[:2])
-                for g, n, p in subs
+                for n, p in cols
             ]
+            for g in table.groups
             for d in rows
+            if any(has(d, g, n, p) for n, p in cols)
         ]
+        header = [kind.capitalize() if kind in ("detector", "inspector") else "Defense", "Setting"]
+        header += [subcolumn_label(n, p) for n, p in cols]
         out.append((KINDS.get(kind, f"{kind.capitalize()} defenses"), header, body))
     return out
 
@@ -825,8 +848,8 @@ def print_summary(table: ReportTable, console: Any = None) -> None:
     for title, header, body in _extra_tables(table):
         if len(header) * TERMINAL_COLUMN_WIDTH > console.width:  # too wide to read: one row per metric
             header, body = (
-                [header[0]] + [row[0] for row in body],
-                [[name] + [row[i] for row in body] for i, name in enumerate(header[1:], start=1)],
+                [header[0]] + [f"{row[0]} ({row[1]})" for row in body],
+                [[name] + [row[i] for row in body] for i, name in enumerate(header[2:], start=2)],
             )
         t = Table(*header, title=title, title_justify="left")
         for row in body:
