@@ -658,8 +658,9 @@ def _extra_tables(table: ReportTable) -> list[tuple[str, list[str], list[list[st
 
 
 # ---------------------------------------------------------------------------------------- markdown
-def _md_table(header: list[str], body: list[list[str]]) -> str:
-    lines = [header, ["---"] + ["---:"] * (len(header) - 1), *body]
+def _md_table(header: list[str], body: list[list[str]], keys: int = 1) -> str:
+    """A Markdown table: the first ``keys`` columns (the row's name) left-aligned, the values right."""
+    lines = [header, ["---"] * keys + ["---:"] * (len(header) - keys), *body]
     return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines)
 
 
@@ -674,7 +675,7 @@ def to_markdown(table: ReportTable, *, title: str = "Backdoor defenses", figures
         out += [_md_table(header, frame.reset_index().values.tolist())]
         out += ["", _legend(table), ""]
     for extra, header, body in _extra_tables(table):
-        out += [f"## {extra}", "", _md_table(header, body), ""]
+        out += [f"## {extra}", "", _md_table(header, body, keys=2), ""]
     if table.paper_unmatched:
         out += [
             "## Paper rows without a result here",
