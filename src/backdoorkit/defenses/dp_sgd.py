@@ -27,6 +27,7 @@ epochs).  Training hyper-parameters are the scenario's recipe unless ``epochs`` 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -159,17 +160,22 @@ class DPSGD(RobustTraining):
         augment = standard_augmentation(data) if cfg.augment else None
         wrapped = GradSampleModule(model, loss_reduction="mean")
         try:
-            res = fit(
-                wrapped,
-                data,
-                cfg,
-                loss_fn=poisson_loss(data, rate, augment),
-                optimizer=dp_optimizer,
-                augmentation=None,
-                steps=steps,
-                batch_size=1,
-                drop_last=True,
-            )
+            with warnings.catch_warnings():
+                # opacus' per-sample-gradient hooks are full backward hooks; on the first layer the images
+                # need no gradient, so PyTorch warns on every run.  The per-sample gradients of the weights
+                # come from the hooked activations and output gradients, which that case does not affect.
+                warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
+                res = fit(
+                    wrapped,
+                    data,
+                    cfg,
+                    loss_fn=poisson_loss(data, rate, augment),
+                    optimizer=dp_optimizer,
+                    augmentation=None,
+                    steps=steps,
+                    batch_size=1,
+                    drop_last=True,
+                )
         finally:
             wrapped.remove_hooks()
             for q in model.parameters():
