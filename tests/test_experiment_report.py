@@ -540,3 +540,53 @@ def test_a_metric_table_too_wide_for_the_terminal_is_printed_one_row_per_metric(
     for label in ("AUROC", "TPR@1%", "TPR@5%"):
         line = next(line for line in detection.splitlines() if label in line)
         assert any(ch.isdigit() for ch in line.split(label)[1]), line  # the value sits on the label's line
+
+
+def test_many_settings_turn_the_main_table_one_row_per_setting(tmp_path: Path) -> None:
+    """Three defenses over six attacks: 18 BA / ASR columns side by side are hard to read, so Markdown,
+    HTML and the terminal give one row per setting and a BA / ASR pair per defense, with the same
+    values and marks; a report of few settings keeps one row per defense."""
+    from rich.console import Console
+
+    from backdoorkit.experiment.html import to_html
+    from backdoorkit.experiment.report import print_summary
+
+    store = ResultStore(tmp_path / "r.db")
+    attacks = [f"attack{i}" for i in range(6)]
+    i = 0
+    for k, attack in enumerate(attacks):
+        for defense, kind, ba, asr in (
+            ("none", "none", 0.90, 0.99),
+            ("fix", "repair", 0.88, 0.01 * k),
+            ("weak", "repair", 0.89, 0.5),
+        ):
+            add_row(
+                store, i, defense=defense, defense_kind=kind, attack=attack, ba=ba, asr=asr, clean_ba=0.91
+            )
+            i += 1
+    store.close()
+    table = build_table(load_rows(tmp_path / "r.db"))
+    assert table.by_setting
+    lines = to_markdown(table).splitlines()
+    header = next(line for line in lines if line.startswith("| Setting"))
+    assert [c.strip() for c in header.split("|")[2:-1]] == [
+        *("none BA", "none ASR", "(clean model) BA", "fix BA", "fix ASR", "weak BA", "weak ASR"),
+    ]
+    row = next(line for line in lines if line.startswith("| digits / attack3 "))
+    assert [c.strip() for c in row.split("|")[2:-1]] == [
+        *("90.0", "99.0", "91.0", "88.0", "**3.0**", "**89.0**", "50.0†"),
+    ]
+    assert "best defense per setting" in to_markdown(table)
+    html = to_html(table)
+    assert '<th rowspan="2">Setting</th>' in html and html.count("<tr><td>digits / attack") == 6
+    console = Console(file=io.StringIO(), width=200)
+    print_summary(table, console)
+    assert "digits / attack5" in console.file.getvalue()
+
+    table.paper[("none", table.groups[0].title, "asr")] = 0.97  # the paper's number, for one defense only
+    header = next(line for line in to_markdown(table).splitlines() if line.startswith("| Setting"))
+    assert "none ASR (paper)" in header and "fix ASR (paper)" not in header and "BA (paper)" not in header
+
+    few = build_table([r for r in load_rows(tmp_path / "r.db") if r["attack"] in attacks[:2]])
+    assert not few.by_setting
+    assert any(line.startswith("| Defense") for line in to_markdown(few).splitlines())

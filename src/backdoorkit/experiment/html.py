@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from backdoorkit.experiment.report import ReportTable
+    from backdoorkit.experiment.report import Group, ReportTable
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
-th:first-child, td:first-child { text-align: left; }
+th:first-child, td:first-child, th.key, td.key { text-align: left; }
 thead th { border-bottom: 2px solid #444; }
 td.paper, th.paper { color: #555; background: #f4f4f8; font-style: italic; }
 td.fail { color: #b00020; }
@@ -67,44 +67,62 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _table(header: Sequence[str], body: Iterable[Sequence[str]], *, cls: str = "") -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    rows = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in body)
+def _table(header: Sequence[str], body: Iterable[Sequence[str]], *, cls: str = "", keys: int = 1) -> str:
+    """A plain table; the first ``keys`` columns name the row and are left-aligned, values right."""
+
+    def key(i: int) -> str:
+        return ' class="key"' if i < keys else ""
+
+    head = "".join(f"<th{key(i)}>{_e(h)}</th>" for i, h in enumerate(header))
+    rows = "".join(
+        "<tr>" + "".join(f"<td{key(i)}>{_e(c)}</td>" for i, c in enumerate(row)) + "</tr>" for row in body
+    )
     table = f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
     return f'<div class="wide">{table}</div>'
 
 
-def main_table(table: ReportTable) -> str:
-    """The main table: a header row of column groups, a row of sub-columns, one row per defense."""
-    from backdoorkit.experiment.report import _cell, paper_cell, subcolumn_label
+def _main_td(table: ReportTable, d: str, g: Group, which: str, from_paper: bool) -> str:
+    """One main-table cell: the paper's value, or ours (bold when best, class ``fail`` on failure)."""
+    from backdoorkit.experiment.report import _cell, paper_cell
 
-    groups = "".join(
-        f'<th colspan="{len(table.subcolumns(g))}" style="text-align:center">{_e(g.title)}</th>'
-        for g in table.groups
-    )
+    if from_paper:
+        return f'<td class="paper">{_e(paper_cell(table, d, g, which))}</td>'
+    marks = table.cell(d, g) or {}
+    text = _e(_cell(table, d, g, which, "plain"))  # failures carry FAIL_MARK already
+    if marks.get(f"best_{which}"):
+        text = f"<strong>{text}</strong>"
+    return f'<td class="{"fail" if marks.get(f"fail_{which}") else ""}">{text}</td>'
+
+
+def main_table(table: ReportTable) -> str:
+    """The main table: a header row of column groups, a row of sub-columns, then the rows.  Column
+    groups are settings and rows defenses, or the other way round when the report turns the table
+    (:attr:`ReportTable.by_setting`)."""
+    from backdoorkit.experiment.report import subcolumn_label
+
+    if table.by_setting:
+        key, tops = "Setting", table.table_rows
+        subs_of = {d: table.by_setting_subcolumns(d) for d in tops}
+        rows = [(g.title, [(d, g, m, p) for d in tops for m, p in subs_of[d]]) for g in table.groups]
+    else:
+        key, tops = "Defense", [g.title for g in table.groups]
+        subs_of = {g.title: table.subcolumns(g) for g in table.groups}
+        rows = [
+            (d, [(d, g, m, p) for g in table.groups for m, p in subs_of[g.title]]) for d in table.table_rows
+        ]
+    groups = "".join(f'<th colspan="{len(subs_of[t])}" style="text-align:center">{_e(t)}</th>' for t in tops)
     subs = "".join(
         f'<th class="{"paper" if p else ""}">{_e(subcolumn_label(m, p))}</th>'
-        for g in table.groups
-        for m, p in table.subcolumns(g)
+        for t in tops
+        for m, p in subs_of[t]
     )
-    body = []
-    for d in table.table_rows:
-        cells = [f"<td>{_e(d)}</td>"]
-        for g in table.groups:
-            marks = table.cell(d, g) or {}
-            for which, from_paper in table.subcolumns(g):
-                if from_paper:
-                    cells.append(f'<td class="paper">{_e(paper_cell(table, d, g, which))}</td>')
-                    continue
-                text = _e(_cell(table, d, g, which, "plain"))  # failures carry FAIL_MARK already
-                fail = bool(marks.get(f"fail_{which}"))
-                if marks.get(f"best_{which}"):
-                    text = f"<strong>{text}</strong>"
-                cells.append(f'<td class="{"fail" if fail else ""}">{text}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
+    body = [
+        "<tr>" + f"<td>{_e(name)}</td>" + "".join(_main_td(table, *c) for c in cells) + "</tr>"
+        for name, cells in rows
+    ]
     return (
         '<div class="wide"><table class="main"><thead>'
-        f'<tr><th rowspan="2">Defense</th>{groups}</tr><tr>{subs}</tr>'
+        f'<tr><th rowspan="2">{key}</th>{groups}</tr><tr>{subs}</tr>'
         f"</thead><tbody>{''.join(body)}</tbody></table></div>"
     )
 
@@ -143,7 +161,7 @@ def to_html(
     else:
         parts.append("<p>No finished cells yet.</p>")
     for extra, header, body in _extra_tables(table):
-        parts += [f"<h2>{_e(extra)}</h2>", _table(header, body)]
+        parts += [f"<h2>{_e(extra)}</h2>", _table(header, body, keys=2)]
     if bars:
         parts += ["<h2>BA / ASR per column group</h2>", _figures(bars)]
     if scans:

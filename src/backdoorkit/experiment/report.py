@@ -73,6 +73,8 @@ CLEAN_ALIASES = {"clean", "clean model", CLEAN_ROW}
 """Names of the clean-model row in a paper-numbers file."""
 MAIN = ("ba", "asr")
 """Metrics of the main table; ``clean_ba`` makes its clean-model row."""
+WIDE_GROUPS = 4
+"""The most settings (column groups) the main table shows side by side before it is turned."""
 CSV_ONLY = {"asr_quantized"}
 """Metrics recorded for every row, given in the CSV but not in the tables per defense kind."""
 PERCENT = {
@@ -372,6 +374,25 @@ class ReportTable:
             out.insert(1 if out and out[0] == NO_DEFENSE else 0, CLEAN_ROW)
         return out
 
+    @property
+    def by_setting(self) -> bool:
+        """Whether the main table reads better turned: one row per setting (column group), one BA / ASR
+        column pair per defense.  That is the case with more than :data:`WIDE_GROUPS` settings and more
+        settings than defenses (a detection spec over a dozen attacks); Markdown, HTML and the terminal
+        follow it, LaTeX and CSV keep their fixed layouts."""
+        return len(self.groups) > max(WIDE_GROUPS, len(self.table_rows))
+
+    def by_setting_subcolumns(self, defense: str) -> list[tuple[str, bool]]:
+        """``(metric, from the paper)`` of one defense in the turned layout: the paper's column appears
+        where the paper gives that metric of that defense for some setting; the clean-model row has no
+        ASR column."""
+        return [
+            (m, p)
+            for m in (("ba",) if defense == CLEAN_ROW else MAIN)
+            for p in (False, True)
+            if not p or any(self.paper_value(defense, g, m) is not None for g in self.groups)
+        ]
+
     def kind_rows(self, kind: str) -> list[str]:
         kinds = self.cells["kind"]
         return [d for d in self.defenses if (kinds.loc[[d]] == kind).any()] if len(kinds) else []
@@ -593,12 +614,29 @@ def main_frame(table: ReportTable, style: str = "plain") -> pd.DataFrame:
     return pd.DataFrame(body, index=pd.Index(table.table_rows, name="Defense"), columns=columns)
 
 
+def main_frame_by_setting(table: ReportTable, style: str = "plain") -> pd.DataFrame:
+    """The main table turned (see :attr:`ReportTable.by_setting`): rows = settings, columns =
+    (defense, BA | ASR), the paper's values beside ours where it gives them."""
+    subs = [(d, m, p) for d in table.table_rows for m, p in table.by_setting_subcolumns(d)]
+    columns = pd.MultiIndex.from_tuples(
+        [(d, subcolumn_label(m, p)) for d, m, p in subs], names=["defense", "metric"]
+    )
+    body = [
+        [paper_cell(table, d, g, m) if p else _cell(table, d, g, m, style) for d, m, p in subs]
+        for g in table.groups
+    ]
+    return pd.DataFrame(
+        body, index=pd.Index([g.title for g in table.groups], name="Setting"), columns=columns
+    )
+
+
 def _legend(table: ReportTable) -> str:
     parts = [
         f"BA and ASR in %{'; mean ± std over ' + str(table.seeds) + ' seeds' if table.seeds > 1 else ''}.",
         f"{FAIL_MARK} defense failure: ASR > {100 * table.asr_fail:g}% or BA more than "
         f"{table.ba_drop:g} points below no defense.",
-        "Bold: best defense per column (highest BA, lowest ASR), in columns where every defense finished.",
+        f"Bold: best defense per {'setting' if table.by_setting else 'column'} (highest BA, lowest ASR), "
+        f"in {'settings' if table.by_setting else 'columns'} where every defense finished.",
     ]
     if table.kind_rows("detector"):
         parts.append(
@@ -670,8 +708,8 @@ def to_markdown(table: ReportTable, *, title: str = "Backdoor defenses", figures
     if not table.groups:
         out.append("No finished cells yet.")
     else:
-        frame = main_frame(table, "md")
-        header = ["Defense"] + [f"{g} {m}" for g, m in frame.columns]
+        frame = main_frame_by_setting(table, "md") if table.by_setting else main_frame(table, "md")
+        header = [frame.index.name] + [f"{g} {m}" for g, m in frame.columns]
         out += [_md_table(header, frame.reset_index().values.tolist())]
         out += ["", _legend(table), ""]
     for extra, header, body in _extra_tables(table):
@@ -807,6 +845,8 @@ def to_rich(table: ReportTable, *, title: str = "BA / ASR (%)") -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    if table.by_setting:
+        return _rich_by_setting(table, title)
     t = Table(title=title, title_justify="left")
     t.add_column("defense", style="bold", no_wrap=True)
     for g in table.groups:
@@ -816,15 +856,40 @@ def to_rich(table: ReportTable, *, title: str = "BA / ASR (%)") -> Any:
     for d in table.table_rows:
         cells: list[Any] = [d]
         for g in table.groups:
-            c = table.cell(d, g) or {}
             for which, from_paper in table.subcolumns(g):
                 if from_paper:
                     cells.append(Text(paper_cell(table, d, g, which)))
                     continue
-                style = ("bold " if c.get(f"best_{which}") else "") + (
-                    "red" if c.get(f"fail_{which}") else ""
-                )
-                cells.append(Text(_cell(table, d, g, which, "plain"), style=style.strip()))
+                cells.append(Text(_cell(table, d, g, which, "plain"), style=_rich_style(table, d, g, which)))
+        t.add_row(*cells)
+    return t
+
+
+def _rich_style(table: ReportTable, d: str, g: Group, which: str) -> str:
+    c = table.cell(d, g) or {}
+    return (("bold " if c.get(f"best_{which}") else "") + ("red" if c.get(f"fail_{which}") else "")).strip()
+
+
+def _rich_by_setting(table: ReportTable, title: str) -> Any:
+    """:func:`to_rich` turned: one row per setting, a BA / ASR column pair per defense."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=title, title_justify="left")
+    t.add_column("setting", style="bold", no_wrap=True)
+    for d in table.table_rows:
+        for i, (m, p) in enumerate(table.by_setting_subcolumns(d)):
+            head = subcolumn_label(m, p)
+            t.add_column(f"{d if i == 0 else ''}\n{head}", justify="right", style="dim" if p else None)
+    for g in table.groups:
+        cells: list[Any] = [g.title]
+        for d in table.table_rows:
+            for which, from_paper in table.by_setting_subcolumns(d):
+                if from_paper:
+                    cells.append(Text(paper_cell(table, d, g, which)))
+                else:
+                    text = _cell(table, d, g, which, "plain")
+                    cells.append(Text(text, style=_rich_style(table, d, g, which)))
         t.add_row(*cells)
     return t
 
