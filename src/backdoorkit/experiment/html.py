@@ -95,34 +95,26 @@ def _main_td(table: ReportTable, d: str, g: Group, which: str, from_paper: bool)
 
 
 def main_table(table: ReportTable) -> str:
-    """The main table: a header row of column groups, a row of sub-columns, then the rows.  Column
-    groups are settings and rows defenses, or the other way round when the report turns the table
-    (:attr:`ReportTable.by_setting`)."""
-    from backdoorkit.experiment.report import subcolumn_label
+    """The main table: a header row of column groups, a row of sub-columns, then the rows (defenses,
+    or settings when the report turns the table: :func:`~backdoorkit.experiment.report.main_layout`)."""
+    from backdoorkit.experiment.report import main_layout, subcolumn_label
 
-    if table.by_setting:
-        key, tops = "Setting", table.table_rows
-        subs_of = {d: table.by_setting_subcolumns(d) for d in tops}
-        rows = [(g.title, [(d, g, m, p) for d in tops for m, p in subs_of[d]]) for g in table.groups]
-    else:
-        key, tops = "Defense", [g.title for g in table.groups]
-        subs_of = {g.title: table.subcolumns(g) for g in table.groups}
-        rows = [
-            (d, [(d, g, m, p) for g in table.groups for m, p in subs_of[g.title]]) for d in table.table_rows
-        ]
-    groups = "".join(f'<th colspan="{len(subs_of[t])}" style="text-align:center">{_e(t)}</th>' for t in tops)
+    layout = main_layout(table)
+    groups = "".join(
+        f'<th colspan="{len(subs)}" style="text-align:center">{_e(top)}</th>' for top, subs in layout.tops
+    )
     subs = "".join(
         f'<th class="{"paper" if p else ""}">{_e(subcolumn_label(m, p))}</th>'
-        for t in tops
-        for m, p in subs_of[t]
+        for _, subs in layout.tops
+        for m, p in subs
     )
     body = [
-        "<tr>" + f"<td>{_e(name)}</td>" + "".join(_main_td(table, *c) for c in cells) + "</tr>"
-        for name, cells in rows
+        "<tr>" + f"<td>{_e(name)}</td>" + "".join(_main_td(table, *slot) for slot in slots) + "</tr>"
+        for name, slots in layout.rows
     ]
     return (
         '<div class="wide"><table class="main"><thead>'
-        f'<tr><th rowspan="2">{key}</th>{groups}</tr><tr>{subs}</tr>'
+        f'<tr><th rowspan="2">{layout.key}</th>{groups}</tr><tr>{subs}</tr>'
         f"</thead><tbody>{''.join(body)}</tbody></table></div>"
     )
 

@@ -600,34 +600,50 @@ def subcolumn_label(metric: str, from_paper: bool) -> str:
     return f"{label} (paper)" if from_paper else label
 
 
-def main_frame(table: ReportTable, style: str = "plain") -> pd.DataFrame:
-    """The main table as text: rows = defenses (and the clean row), columns = (group title, BA | ASR),
-    with ``BA (paper)`` / ``ASR (paper)`` beside ours where the paper gives them."""
-    subs = [(g, m, p) for g in table.groups for m, p in table.subcolumns(g)]
-    columns = pd.MultiIndex.from_tuples(
-        [(g.title, subcolumn_label(m, p)) for g, m, p in subs], names=["group", "metric"]
-    )
-    body = [
-        [paper_cell(table, d, g, m) if p else _cell(table, d, g, m, style) for g, m, p in subs]
-        for d in table.table_rows
-    ]
-    return pd.DataFrame(body, index=pd.Index(table.table_rows, name="Defense"), columns=columns)
+Slot = tuple[str, Group, str, bool]
+"""One main-table cell: (defense, column group, metric, from the paper)."""
 
 
-def main_frame_by_setting(table: ReportTable, style: str = "plain") -> pd.DataFrame:
-    """The main table turned (see :attr:`ReportTable.by_setting`): rows = settings, columns =
-    (defense, BA | ASR), the paper's values beside ours where it gives them."""
-    subs = [(d, m, p) for d in table.table_rows for m, p in table.by_setting_subcolumns(d)]
-    columns = pd.MultiIndex.from_tuples(
-        [(d, subcolumn_label(m, p)) for d, m, p in subs], names=["defense", "metric"]
-    )
-    body = [
-        [paper_cell(table, d, g, m) if p else _cell(table, d, g, m, style) for d, m, p in subs]
-        for g in table.groups
+@dataclass
+class MainLayout:
+    """Where every cell of the main table goes: ``key`` names the row header (``Defense`` or
+    ``Setting``), ``tops`` the column groups with their sub-columns, ``rows`` each row's name and slots."""
+
+    key: str
+    tops: list[tuple[str, list[tuple[str, bool]]]]
+    rows: list[tuple[str, list[Slot]]]
+
+
+def main_layout(table: ReportTable, turned: bool | None = None) -> MainLayout:
+    """The main table's layout: rows = defenses (and the clean row) and column groups = settings, or,
+    turned (default: :attr:`ReportTable.by_setting`), rows = settings and column groups = defenses."""
+    if table.by_setting if turned is None else turned:
+        tops = [(d, table.by_setting_subcolumns(d)) for d in table.table_rows]
+        rows = [(g.title, [(d, g, m, p) for d, subs in tops for m, p in subs]) for g in table.groups]
+        return MainLayout("Setting", tops, rows)
+    tops = [(g.title, table.subcolumns(g)) for g in table.groups]
+    rows = [
+        (d, [(d, g, m, p) for g in table.groups for m, p in table.subcolumns(g)]) for d in table.table_rows
     ]
-    return pd.DataFrame(
-        body, index=pd.Index([g.title for g in table.groups], name="Setting"), columns=columns
+    return MainLayout("Defense", tops, rows)
+
+
+def slot_text(table: ReportTable, slot: Slot, style: str = "plain") -> str:
+    d, g, m, from_paper = slot
+    return paper_cell(table, d, g, m) if from_paper else _cell(table, d, g, m, style)
+
+
+def main_frame(table: ReportTable, style: str = "plain", turned: bool | None = False) -> pd.DataFrame:
+    """The main table as text (see :func:`main_layout`; not turned unless asked): columns =
+    (group title, BA | ASR), with ``BA (paper)`` / ``ASR (paper)`` beside ours where the paper gives them."""
+    layout = main_layout(table, turned)
+    columns = pd.MultiIndex.from_tuples(
+        [(top, subcolumn_label(m, p)) for top, subs in layout.tops for m, p in subs],
+        names=["group", "metric"],
     )
+    body = [[slot_text(table, s, style) for s in slots] for _, slots in layout.rows]
+    index = pd.Index([name for name, _ in layout.rows], name=layout.key)
+    return pd.DataFrame(body, index=index, columns=columns)
 
 
 def _legend(table: ReportTable) -> str:
@@ -708,7 +724,7 @@ def to_markdown(table: ReportTable, *, title: str = "Backdoor defenses", figures
     if not table.groups:
         out.append("No finished cells yet.")
     else:
-        frame = main_frame_by_setting(table, "md") if table.by_setting else main_frame(table, "md")
+        frame = main_frame(table, "md", turned=None)
         header = [frame.index.name] + [f"{g} {m}" for g, m in frame.columns]
         out += [_md_table(header, frame.reset_index().values.tolist())]
         out += ["", _legend(table), ""]
@@ -841,57 +857,27 @@ def to_latex(table: ReportTable, *, caption: str | None = None) -> str:
 
 # ---------------------------------------------------------------------------------------- terminal
 def to_rich(table: ReportTable, *, title: str = "BA / ASR (%)") -> Any:
-    """The main table as a :class:`rich.table.Table` (bold best, red failures)."""
+    """The main table as a :class:`rich.table.Table` (bold best, red failures; turned as
+    :attr:`ReportTable.by_setting` says)."""
     from rich.table import Table
     from rich.text import Text
 
-    if table.by_setting:
-        return _rich_by_setting(table, title)
+    layout = main_layout(table)
     t = Table(title=title, title_justify="left")
-    t.add_column("defense", style="bold", no_wrap=True)
-    for g in table.groups:
-        for i, (m, p) in enumerate(table.subcolumns(g)):
+    t.add_column(layout.key.lower(), style="bold", no_wrap=True)
+    for top, subs in layout.tops:
+        for i, (m, p) in enumerate(subs):
             head = subcolumn_label(m, p)
-            t.add_column(f"{g.title if i == 0 else ''}\n{head}", justify="right", style="dim" if p else None)
-    for d in table.table_rows:
-        cells: list[Any] = [d]
-        for g in table.groups:
-            for which, from_paper in table.subcolumns(g):
-                if from_paper:
-                    cells.append(Text(paper_cell(table, d, g, which)))
-                    continue
-                cells.append(Text(_cell(table, d, g, which, "plain"), style=_rich_style(table, d, g, which)))
-        t.add_row(*cells)
+            t.add_column(f"{top if i == 0 else ''}\n{head}", justify="right", style="dim" if p else None)
+    for name, slots in layout.rows:
+        cells = [Text(slot_text(table, s), style="" if s[3] else _rich_style(table, *s[:3])) for s in slots]
+        t.add_row(name, *cells)
     return t
 
 
 def _rich_style(table: ReportTable, d: str, g: Group, which: str) -> str:
     c = table.cell(d, g) or {}
     return (("bold " if c.get(f"best_{which}") else "") + ("red" if c.get(f"fail_{which}") else "")).strip()
-
-
-def _rich_by_setting(table: ReportTable, title: str) -> Any:
-    """:func:`to_rich` turned: one row per setting, a BA / ASR column pair per defense."""
-    from rich.table import Table
-    from rich.text import Text
-
-    t = Table(title=title, title_justify="left")
-    t.add_column("setting", style="bold", no_wrap=True)
-    for d in table.table_rows:
-        for i, (m, p) in enumerate(table.by_setting_subcolumns(d)):
-            head = subcolumn_label(m, p)
-            t.add_column(f"{d if i == 0 else ''}\n{head}", justify="right", style="dim" if p else None)
-    for g in table.groups:
-        cells: list[Any] = [g.title]
-        for d in table.table_rows:
-            for which, from_paper in table.by_setting_subcolumns(d):
-                if from_paper:
-                    cells.append(Text(paper_cell(table, d, g, which)))
-                else:
-                    text = _cell(table, d, g, which, "plain")
-                    cells.append(Text(text, style=_rich_style(table, d, g, which)))
-        t.add_row(*cells)
-    return t
 
 
 TERMINAL_COLUMN_WIDTH = 10
