@@ -590,3 +590,30 @@ def test_many_settings_turn_the_main_table_one_row_per_setting(tmp_path: Path) -
     few = build_table([r for r in load_rows(tmp_path / "r.db") if r["attack"] in attacks[:2]])
     assert not few.by_setting
     assert any(line.startswith("| Defense") for line in to_markdown(few).splitlines())
+
+
+def test_a_repair_with_a_verdict_reports_its_own_verdict_metrics_once(tmp_path: Path) -> None:
+    """NC unlearning records ``nc_infected`` / ``nc_anomaly_index`` and keeps NC's verdict in its info:
+    the repair table shows those two (labelled, the flag in %), not a second ``infected`` column."""
+    store = ResultStore(tmp_path / "r.db")
+    verdict = {"verdict": {"infected": True, "anomaly_index": 3.6}}
+    rows = [
+        ("none", "none", {"ba": 0.75, "asr": 0.91}, {}),
+        (
+            "NC unlearning",
+            "repair",
+            {"ba": 0.7, "asr": 0.04, "nc_infected": 1.0, "nc_anomaly_index": 3.6},
+            verdict,
+        ),
+        ("Neural Cleanse", "inspector", {"ba": 0.75, "asr": 0.91, "anomaly_index": 3.6}, verdict),
+    ]
+    for i, (defense, kind, metrics, info) in enumerate(rows):
+        add_row(store, i, defense=defense, defense_kind=kind, attack="badnets", status="running", run_id="r")
+        assert store.finish(f"cell{i:04d}", "r", {"status": "done", "metrics": metrics, "info": info})
+    store.close()
+    md = to_markdown(build_table(load_rows(tmp_path / "r.db")))
+    repair = md[md.index("## Repair") : md.index("## Inspection")]
+    assert "| Defense | Setting | NC anomaly index | NC infected |" in repair
+    assert "| NC unlearning | digits / badnets | 3.6 | 100.0 |" in repair
+    inspection = md[md.index("## Inspection") :]
+    assert "| Neural Cleanse | digits / badnets | 100.0 |" in inspection

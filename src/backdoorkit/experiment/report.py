@@ -88,6 +88,7 @@ PERCENT = {
     "false_rejection",
     "model_ba",
     "model_asr",
+    "nc_infected",
 }
 """Fractions shown in percent; any other metric is shown as it was recorded."""
 LABELS = {
@@ -105,6 +106,8 @@ LABELS = {
     "iso_base_recall": "isolation recall by M_s",
     "isolation_overlap": "isolation overlap with M_s",
     "target_correct": "target right",
+    "nc_infected": "NC infected",
+    "nc_anomaly_index": "NC anomaly index",
 }
 ORDER = [
     "auroc",
@@ -445,11 +448,14 @@ def latest_per_coordinates(rows: list[dict[str, Any]]) -> tuple[list[dict[str, A
 
 
 def _metrics_of(r: dict[str, Any]) -> dict[str, float]:
-    """A row's metrics, with an inspector's verdict as ``infected`` / ``target_correct`` (0 or 1)."""
+    """A row's metrics, with an inspector's verdict as ``infected`` / ``target_correct`` (0 or 1).
+
+    A defense of another kind that carries a verdict (NC unlearning) records its own metrics of it
+    (``nc_infected``), so ``infected`` is derived for inspector rows only."""
     out = dict(r.get("metrics") or {k: r[k] for k in WELL_KNOWN_METRICS if r.get(k) is not None})
     info = r.get("info") if isinstance(r.get("info"), dict) else {}
     verdict = info.get("verdict") if isinstance(info.get("verdict"), dict) else {}
-    if verdict.get("infected") is not None:
+    if verdict.get("infected") is not None and r.get("defense_kind") in (None, "inspector"):
         out["infected"] = float(bool(verdict["infected"]))
     if info.get("target_correct") is not None:
         out["target_correct"] = float(bool(info["target_correct"]))
