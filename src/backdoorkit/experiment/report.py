@@ -635,6 +635,7 @@ def main_layout(table: ReportTable, turned: bool | None = None) -> MainLayout:
 
 
 def slot_text(table: ReportTable, slot: Slot, style: str = "plain") -> str:
+    """Text of one main-table cell: the paper's value or ours (marked in ``style``)."""
     d, g, m, from_paper = slot
     return paper_cell(table, d, g, m) if from_paper else _cell(table, d, g, m, style)
 
