@@ -19,6 +19,9 @@ Extension points, so that a defense or attack never needs a training loop of its
 * ``state`` (:class:`TrainState`, returned as ``FitResult.state``) continues a previous run's
   optimizer and step counter, so a multi-phase defense runs its phases on one optimizer.
 
+Inside :func:`backdoorkit.resume.resumable_training`, a plain call (none of the extension points above)
+saves a snapshot at each epoch's end and, made again after an interruption, resumes from the last one.
+
 The loss is checked for finite values on the device and read back once per epoch (and every
 ``check_every`` steps when set), not once per step: a host sync each step costs throughput on CUDA.
 """
@@ -41,6 +44,7 @@ from backdoorkit.data.batching import augmentation_for, index_batches
 from backdoorkit.data.imageset import ImageSet, to_pixels
 from backdoorkit.device import autocast, eval_mode, inference_batch, resolve_device
 from backdoorkit.errors import ConfigError, config_error
+from backdoorkit.resume import is_plain, restore_rng, rng_states, snapshot_for
 
 _FIT_CALLS = 0
 
@@ -130,6 +134,9 @@ class FitResult:
     images: int = 0
     seconds: float = 0.0
     state: TrainState | None = field(default=None, repr=False)
+    resumed_epochs: int = 0
+    """Epochs loaded from a snapshot (:mod:`backdoorkit.resume`); the other fields then cover the whole
+    run, those epochs included."""
 
     @property
     def images_per_second(self) -> float:
@@ -327,6 +334,15 @@ def fit(
     """
     global _FIT_CALLS
     _FIT_CALLS += 1
+    plain = is_plain(
+        trainable=trainable,
+        loss_fn=loss_fn,
+        augmentation=augmentation,
+        callbacks=tuple(callbacks),
+        state=state,
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
+    )
     cfg = config or TrainConfig()
     if isinstance(optimizer, str):  # the TrainConfig field, passed as an override
         overrides["optimizer"], optimizer = optimizer, None
@@ -357,6 +373,13 @@ def fit(
     state.result, state.stop = result, False
     if total == 0:
         return result
+    identity = {
+        "config": cfg.model_dump(exclude={"progress", "check_every"}),
+        "total": total,
+        "batch": bs,
+        "optimizer": type(opt).__qualname__,
+    }
+    snapshot = snapshot_for(model, data, identity) if plain else None
 
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     if channels_last:
@@ -376,11 +399,17 @@ def fit(
 
     progress = _progress(cfg.progress, total, data.name)
     start = time.perf_counter()
+    earlier = 0.0  # seconds spent on the epochs a snapshot restored
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         model.train()
         frozen = _freeze_others(model, params) if trainable is not None else []
         step = 0
+        saved = snapshot.load() if snapshot is not None else None
+        if saved is not None:
+            step, earlier = _restore(saved, state, result, gen, device)
+            if progress is not None:
+                progress.advance(step)
         try:
             while step < total and not state.stop:
                 loss_sum = torch.zeros((), device=device)
@@ -430,6 +459,12 @@ def fit(
                 state.epoch += 1
                 stops = [bool(cb.on_epoch_end(state)) for cb in callbacks]
                 state.stop = state.stop or any(stops)
+                if snapshot is not None and step < total:
+                    snapshot.save(
+                        _snapshot_state(
+                            state, result, step, gen, device, earlier + time.perf_counter() - start
+                        )
+                    )
         finally:
             for m, mode in frozen:
                 m.training = mode
@@ -442,9 +477,52 @@ def fit(
     model.eval()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    result.seconds = time.perf_counter() - start
+    result.seconds = earlier + time.perf_counter() - start
     result.steps = step
+    if snapshot is not None:
+        snapshot.finish()
     return result
+
+
+def _snapshot_state(
+    state: TrainState,
+    result: FitResult,
+    step: int,
+    gen: torch.Generator,
+    device: torch.device,
+    seconds: float,
+) -> dict[str, object]:
+    """What a resumed call needs to go on exactly where this one is (:mod:`backdoorkit.resume`)."""
+    return {
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "step": step,
+        "state_step": state.step,
+        "state_epoch": state.epoch,
+        "losses": torch.tensor(result.losses, dtype=torch.float64),
+        "accuracies": torch.tensor(result.accuracies, dtype=torch.float64),
+        "images": result.images,
+        "seconds": seconds,
+        "generator": gen.get_state(),
+        **rng_states(device),
+    }
+
+
+def _restore(
+    saved: dict[str, object], state: TrainState, result: FitResult, gen: torch.Generator, device: torch.device
+) -> tuple[int, float]:
+    """Load a snapshot into the model, optimizer, counters and RNGs; ``(step, seconds so far)``."""
+    state.model.load_state_dict(saved["model"])  # type: ignore[arg-type]
+    state.optimizer.load_state_dict(saved["optimizer"])  # type: ignore[arg-type]
+    state.step = int(saved["state_step"])  # type: ignore[call-overload]
+    state.epoch = int(saved["state_epoch"])  # type: ignore[call-overload]
+    result.losses = [float(v) for v in saved["losses"]]  # type: ignore[attr-defined]
+    result.accuracies = [float(v) for v in saved["accuracies"]]  # type: ignore[attr-defined]
+    result.images = int(saved["images"])  # type: ignore[call-overload]
+    result.resumed_epochs = len(result.losses)
+    gen.set_state(saved["generator"])  # type: ignore[arg-type]
+    restore_rng(saved, device)
+    return int(saved["step"]), float(saved["seconds"])  # type: ignore[call-overload, arg-type]
 
 
 class _Progress:
@@ -462,8 +540,8 @@ class _Progress:
         self._task = self._p.add_task(name, total=total)
         self._p.start()
 
-    def advance(self) -> None:
-        self._p.advance(self._task)
+    def advance(self, steps: int = 1) -> None:
+        self._p.advance(self._task, steps)
 
     def describe(self, loss: float, acc: float) -> None:
         self._p.update(self._task, description=f"{self._name} loss {loss:.3f} acc {acc:.3f}")

@@ -29,9 +29,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +46,7 @@ from backdoorkit.errors import one_line
 from backdoorkit.experiment.spec import NO_ATTACK, NO_DEFENSE, Cell, DatasetRef
 from backdoorkit.experiment.store import versions
 from backdoorkit.jsonable import to_jsonable
+from backdoorkit.resume import resumable_training
 
 
 @functools.lru_cache(maxsize=8)
@@ -125,13 +128,24 @@ class CellWork:
         cannot be rebuilt is an error (a silent miss would retrain and overwrite it)."""
         return self.cache.get_model(kind, key, device=self.device)
 
-    def _train(self, data: Any, attack: Any = None) -> nn.Module:
-        """Train the victim (``data`` a PoisonedSet, or the clean ImageSet) as its attack trains it."""
+    def _train(self, key: str, data: Any, attack: Any = None) -> nn.Module:
+        """Train the victim (``data`` a PoisonedSet, or the clean ImageSet) as its attack trains it,
+        snapshotting each epoch to ``<cache>/partial/<key>`` so that an interrupted run resumes there
+        (:mod:`backdoorkit.resume`); :meth:`_stored` removes the folder once the model is cached."""
         from backdoorkit.pipeline import train_victim
 
         plain = data.data if hasattr(data, "mask") else data
-        model = train_victim(attack, lambda: self.build(plain), data, self.config(plain))
+        with resumable_training(self._partial(key), keep=True):
+            model = train_victim(attack, lambda: self.build(plain), data, self.config(plain))
         return model.to(self.device).eval()
+
+    def _partial(self, key: str) -> Path:
+        return self.cache.root / "partial" / key
+
+    def _stored(self, kind: str, key: str, model: nn.Module, meta: dict[str, Any]) -> None:
+        """Cache a freshly trained model, then drop its training snapshots."""
+        self.cache.put_model(kind, key, model, meta=meta)
+        shutil.rmtree(self._partial(key), ignore_errors=True)
 
     # ------------------------------------------------------------------ artefacts
     def clean_model(self) -> tuple[nn.Module, str]:
@@ -147,10 +161,8 @@ class CellWork:
         with self.stage("clean_model"):
             model = self._load("clean_model", key)
             if model is None:
-                model = self._train(rest)
-                self.cache.put_model(
-                    "clean_model", key, model, meta={"cell": self.cell.hash, "stage": "clean"}
-                )
+                model = self._train(key, rest)
+                self._stored("clean_model", key, model, {"cell": self.cell.hash, "stage": "clean"})
             else:
                 self.cached.append("clean_model")
         return model, key
@@ -211,12 +223,12 @@ class CellWork:
         with self.stage("backdoor_model"):
             model = self._load("backdoored_model", key)
             if model is None:
-                model = self._train(ps, attack)
-                self.cache.put_model(
+                model = self._train(key, ps, attack)
+                self._stored(
                     "backdoored_model",
                     key,
                     model,
-                    meta={"cell": self.cell.hash, "attack": to_jsonable(attack.describe())},
+                    {"cell": self.cell.hash, "attack": to_jsonable(attack.describe())},
                 )
             else:
                 self.cached.append("backdoor_model")

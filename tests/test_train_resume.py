@@ -1,0 +1,174 @@
+"""Resumable training (:mod:`backdoorkit.resume`): an interrupted plain ``fit`` goes on from its last
+epoch's snapshot and ends bit-identical to an uninterrupted run on CPU; a snapshot of another run is
+never loaded; calls with state outside ``fit`` are not snapshotted; the runner resumes a victim's
+training after a failed run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import backdoorkit.train as train_mod
+from backdoorkit.data import ImageSet, take_fraction
+from backdoorkit.experiment.runner import run_experiment
+from backdoorkit.experiment.store import ResultStore
+from backdoorkit.pipeline import make_model
+from backdoorkit.resume import resumable_training
+from backdoorkit.train import Callback, TrainConfig, fit
+
+CFG = TrainConfig(epochs=3, batch_size=64, device="cpu")  # 256 rows: 4 steps an epoch, 12 in all
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def small(digits_train: ImageSet) -> ImageSet:
+    return take_fraction(digits_train, 256, seed=1)
+
+
+def _model(data: ImageSet) -> nn.Module:
+    return make_model("resnet18", data, width=4, seed=0)
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, batches: int) -> list[int]:
+    """Make ``fit`` raise when it loads batch number ``batches`` (counted from 0); returns the counter."""
+    calls = [0]
+    real: Callable[..., torch.Tensor] = train_mod.to_pixels
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        if calls[0] == batches:
+            raise Interrupted(f"stopped at batch {batches}")
+        calls[0] += 1
+        return real(x)
+
+    monkeypatch.setattr(train_mod, "to_pixels", counting)
+    return calls
+
+
+def test_interrupted_fit_resumes_bit_identical(
+    small: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = _model(small)
+    full = fit(reference, small, CFG)
+
+    folder = tmp_path / "partial"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 6)  # in the second epoch: the snapshot holds epoch 1
+        with pytest.raises(Interrupted), resumable_training(folder):
+            fit(_model(small), small, CFG)
+    assert (folder / "fit-0.pt").is_file()
+
+    model = _model(small)
+    counter = _interrupt_after(monkeypatch, 10**9)
+    with resumable_training(folder):
+        res = fit(model, small, CFG)
+    assert counter[0] == 8  # only epochs 2 and 3 trained
+    assert res.resumed_epochs == 1 and res.steps == full.steps == 12
+    assert res.losses == pytest.approx(full.losses, abs=0) and len(res.losses) == 3
+    assert res.images == full.images
+    want = _state(reference)
+    for k, v in _state(model).items():
+        assert torch.equal(v, want[k]), k
+    assert not folder.exists()  # removed when the block ends without an error
+
+
+def test_snapshot_of_another_run_is_ignored(
+    small: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "partial"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 6)
+        with pytest.raises(Interrupted), resumable_training(folder):
+            fit(_model(small), small, CFG)
+    other = CFG.model_copy(update={"lr": 0.05})
+    reference = _model(small)
+    fit(reference, small, other)
+    model = _model(small)
+    with pytest.warns(UserWarning, match="belongs to another run"), resumable_training(folder):
+        res = fit(model, small, other)
+    assert res.resumed_epochs == 0
+    want = _state(reference)
+    assert all(torch.equal(v, want[k]) for k, v in _state(model).items())
+
+    # a torn file is ignored too, and overwritten by the next snapshot
+    folder.mkdir()
+    (folder / "fit-0.pt").write_bytes(b"not a snapshot")
+    with pytest.warns(UserWarning, match="unreadable"), resumable_training(folder, keep=True):
+        assert fit(_model(small), small, CFG).resumed_epochs == 0
+
+
+def test_calls_with_outside_state_are_not_snapshotted(
+    small: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "partial"
+    _interrupt_after(monkeypatch, 6)
+    with pytest.raises(Interrupted), resumable_training(folder):
+        fit(_model(small), small, CFG, callbacks=[Callback()])
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+def _spec(tmp_path: Path) -> Path:
+    """One BadNets cell on 300 digits (270 after the 10 % holdout: 4 steps an epoch, 12 in all)."""
+    spec = {
+        "name": "resume",
+        "datasets": [{"name": "digits", "subset": 300, "test_subset": 100}],
+        "models": [{"arch": "resnet18", "width": 4}],
+        "train": {"epochs": 3, "batch_size": 64},
+        "attacks": ["badnets"],
+        "defenses": ["none"],
+        "seeds": [0],
+        "clean_fraction": 0.1,
+        "clean_model": False,
+        "device": "cpu",
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _cells(db: Path) -> list[dict[str, Any]]:
+    store = ResultStore(db)
+    try:
+        return store.rows()
+    finally:
+        store.close()
+
+
+def test_runner_resumes_a_victim_training_after_a_failed_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _spec(tmp_path)
+    with monkeypatch.context() as m:
+        whole = _interrupt_after(m, 10**9)  # counts the batches of training and evaluation
+        reference = run_experiment(spec, db=tmp_path / "ref.db", cache_dir=tmp_path / "ref-cache", quiet=True)
+    assert reference.failed == 0
+
+    cache = tmp_path / "cache"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 6)
+        first = run_experiment(spec, db=tmp_path / "r.db", cache_dir=cache, quiet=True)
+    assert first.failed == 1
+    assert any((cache / "partial").rglob("fit-0.pt"))
+
+    counter = _interrupt_after(monkeypatch, 10**9)
+    second = run_experiment(
+        spec, db=tmp_path / "r.db", cache_dir=cache, quiet=True, resume=True, retry_failed=True
+    )
+    assert second.failed == 0
+    assert counter[0] == whole[0] - 4, (counter, whole)  # the snapshot saved the first epoch's 4 steps
+    assert not any((cache / "partial").rglob("*.pt"))
+    got = {r["cell_hash"]: r["metrics"] for r in _cells(tmp_path / "r.db")}
+    want = {r["cell_hash"]: r["metrics"] for r in _cells(tmp_path / "ref.db")}
+    assert got == want
