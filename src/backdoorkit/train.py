@@ -334,6 +334,9 @@ def fit(
     """
     global _FIT_CALLS
     _FIT_CALLS += 1
+    cfg = config or TrainConfig()
+    if isinstance(optimizer, str):  # the TrainConfig field, passed as an override
+        overrides["optimizer"], optimizer = optimizer, None
     plain = is_plain(
         trainable=trainable,
         loss_fn=loss_fn,
@@ -343,9 +346,6 @@ def fit(
         optimizer=optimizer,
         lr_schedule=lr_schedule,
     )
-    cfg = config or TrainConfig()
-    if isinstance(optimizer, str):  # the TrainConfig field, passed as an override
-        overrides["optimizer"], optimizer = optimizer, None
     if overrides:
         try:
             cfg = TrainConfig(**{**cfg.model_dump(), **overrides})
