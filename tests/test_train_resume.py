@@ -1,10 +1,11 @@
 """Resumable training (:mod:`backdoorkit.resume`): an interrupted plain ``fit`` goes on from its last
 epoch's snapshot and ends bit-identical to an uninterrupted run on CPU; a snapshot of another run is
 never loaded; calls with state outside ``fit`` are not snapshotted; the runner resumes a victim's
-training after a failed run."""
+training after a failed run, and ``backdoorkit train --snapshots`` resumes a stopped command."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,14 @@ import yaml
 from torch import nn
 
 import backdoorkit.train as train_mod
+from backdoorkit.cli import main
 from backdoorkit.data import ImageSet, take_fraction
 from backdoorkit.experiment.runner import run_experiment
 from backdoorkit.experiment.store import ResultStore
 from backdoorkit.pipeline import make_model
 from backdoorkit.resume import resumable_training
 from backdoorkit.train import Callback, TrainConfig, fit
+from hardening_helpers import cli_error, isolate, run_cli
 
 CFG = TrainConfig(epochs=3, batch_size=64, device="cpu")  # 256 rows: 4 steps an epoch, 12 in all
 
@@ -172,3 +175,31 @@ def test_runner_resumes_a_victim_training_after_a_failed_run(
     got = {r["cell_hash"]: r["metrics"] for r in _cells(tmp_path / "r.db")}
     want = {r["cell_hash"]: r["metrics"] for r in _cells(tmp_path / "ref.db")}
     assert got == want
+
+
+def test_train_command_resumes_from_its_snapshots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    isolate(monkeypatch, tmp_path)
+    args = ["train", "--json", "--epochs", "2", "--width", "4", "--device", "cpu", "--attack", "badnets"]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err[-2000:]
+    whole = json.loads(out)
+    assert whole["resumed"] is False and whole["images_per_second"] > 0
+
+    snaps = tmp_path / "snaps"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 15)  # digits: 11 steps an epoch, so this is in the second epoch
+        with pytest.raises(Interrupted):
+            main([*args, "--snapshots", str(snaps)])
+    assert (snaps / "fit-0.pt").is_file()
+    capsys.readouterr()
+    code, out, err = run_cli(capsys, *args, "--snapshots", str(snaps))
+    assert code == 0, err[-2000:]
+    resumed = json.loads(out)
+    assert resumed["resumed"] is True and resumed["images_per_second"] is None
+    assert (resumed["ba"], resumed["asr"]) == (whole["ba"], whole["asr"])
+    assert not snaps.exists()
+
+    (tmp_path / "a-file").write_text("x")
+    assert "not a folder" in cli_error(capsys, *args, "--snapshots", str(tmp_path / "a-file"))

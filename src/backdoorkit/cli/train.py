@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from backdoorkit.cli.common import (
 )
 from backdoorkit.data import ImageSet, parse_amount
 from backdoorkit.errors import ConfigError
+from backdoorkit.resume import resumable_training
 
 if TYPE_CHECKING:
     from backdoorkit.attacks.base import PoisonedSet
@@ -50,6 +52,12 @@ def train(
     init: Path | None = typer.Option(None, "--init", help="Start from these weights (safetensors/.pt)."),
     arch: str | None = ArchOpt,
     out: Path | None = typer.Option(None, "--out", "-o", help="Save the model here (.safetensors)."),
+    snapshots: Path | None = typer.Option(
+        None,
+        "--snapshots",
+        help="Folder for a training snapshot each epoch: the same command run again resumes from the "
+        "last one (the folder is removed when training ends).",
+    ),
     seed: int = typer.Option(0, "--seed"),
     device: str = DeviceOpt,
     data_root: Path | None = DataRootOpt,
@@ -72,6 +80,8 @@ def train(
     if epochs == 0 and init is None:
         raise ConfigError("--epochs 0 would leave the model untrained; give --init to evaluate a model")
     check_output(out, "--out")
+    if snapshots is not None and snapshots.exists() and not snapshots.is_dir():
+        raise ConfigError(f"--snapshots {snapshots}: not a folder")
     train_set, test_set = load_splits(dataset, data_root)
     atk = None
     poisoned: PoisonedSet | ImageSet = train_set
@@ -101,16 +111,20 @@ def train(
         def factory() -> nn.Module:
             return make_model(model, train_set, width=width, seed=seed)
 
+    resumed = snapshots is not None and any(snapshots.glob("fit-*.pt"))
     start = time.perf_counter()
-    net = train_victim(atk, factory, poisoned, cfg)
+    with resumable_training(snapshots) if snapshots is not None else contextlib.nullcontext():
+        net = train_victim(atk, factory, poisoned, cfg)
     seconds = time.perf_counter() - start
-    images_per_second = cfg.epochs * len(train_set) / seconds if seconds > 0 else float("nan")
+    # a resumed run trained only the epochs that were left: no throughput figure for it
+    images_per_second = cfg.epochs * len(train_set) / seconds if seconds > 0 and not resumed else float("nan")
     metrics = backdoor_metrics(net, test_set, atk)
     summary = {
         **metrics,
         "seconds": seconds,
         "images_per_second": images_per_second,
         "epochs": cfg.epochs,
+        "resumed": resumed,
         **({"poison": poison_info} if poison_info else {}),
     }
     if out is not None:
@@ -126,7 +140,11 @@ def train(
     if json_out:
         emit_json(summary)
         return
-    speed = f"{seconds:.1f}s, {images_per_second:.0f} img/s"
+    speed = (
+        f"{seconds:.1f}s, resumed from a snapshot"
+        if resumed
+        else f"{seconds:.1f}s, {images_per_second:.0f} img/s"
+    )
     console.print(f"[bold]{model}[/] on {train_set.name}: {speed}")
     console.print(f"BA  {pct(metrics['ba'])} %")
     if atk is not None:
