@@ -139,6 +139,21 @@ def test_blended_pattern_from_image_file(tmp_path: Path, channels: int) -> None:
     assert torch.allclose(out[0], expected, atol=1e-6) and torch.equal(out[0], out[1])
 
 
+def test_blended_clean_label_blends_target_rows_only(digits_train: ImageSet) -> None:
+    """The PT paper's clean-label Blend: target-class rows carry the pattern, every label is kept."""
+    atk = build_attack("blended", clean_label=True, rate=0.01, target=3)
+    assert atk.label_mode == "clean" and ATTACKS.entry("blended").meta["label_mode"] == "dirty"
+    ps = atk.poison(digits_train, seed=0)
+    assert ps.count == round(0.01 * len(digits_train)) and torch.all(digits_train.y[ps.mask] == 3)
+    assert torch.equal(ps.data.y, digits_train.y)
+    assert not torch.equal(ps.data.x[ps.mask], digits_train.x[ps.mask])
+    assert torch.equal(ps.data.x[~ps.mask], digits_train.x[~ps.mask])
+    capped = build_attack("blended", clean_label=True, rate=0.5, target=3).poison(digits_train, seed=0)
+    assert capped.count == int((digits_train.y == 3).sum()) and "capped" in capped.info
+    with pytest.raises(ConfigError, match="clean-label"):
+        build_attack("blended", clean_label=True, mode="all2all")
+
+
 @pytest.mark.parametrize("params", [{"alpha": 1.5}, {"alpha": -0.1}, {"pattern_path": "/no/such/file.png"}])
 def test_blended_validation(params: dict) -> None:
     with pytest.raises(ConfigError):

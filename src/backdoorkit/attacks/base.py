@@ -101,6 +101,24 @@ def params_error(owner: str, exc: ValidationError) -> ConfigError:
     return ConfigError(f"{owner}: {loc + ': ' if loc else ''}{msg}")
 
 
+class LabelModeSwitch:
+    """A ``label_mode`` that a boolean parameter flips per instance.
+
+    On the class (and so in the registry) it is ``default``; on an instance it is the other mode when
+    ``params.<field>`` is true.  Refool's ``dirty`` and Blended's ``clean_label`` use it.
+    """
+
+    def __init__(self, field: str, default: Literal["dirty", "clean"]) -> None:
+        self.field = field
+        self.default = default
+
+    def __get__(self, obj: object, owner: type | None = None) -> str:
+        params = getattr(obj, "params", None) if obj is not None else None
+        if params is not None and getattr(params, self.field):
+            return "clean" if self.default == "dirty" else "dirty"
+        return self.default
+
+
 class Attack(ABC):
     """Base class of all attacks (see the module docstring for the life cycle)."""
 

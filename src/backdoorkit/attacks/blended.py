@@ -16,6 +16,10 @@ bottom-right corner blended at ``alpha``, the rest of the image untouched,
 ``x' = x (1 - alpha m) + alpha m`` with ``m`` the patch mask.  This is the Blended of the SSFT paper's
 tables (its lower ASR, 83 %, comes from this weak trigger); ``pattern="noise"`` (default) is the
 full-image blend of the Blended paper.
+
+``clean_label=True``: the clean-label variant of the Partial-Training paper's CIFAR-10 rows (Li & Gao,
+2024, "CLA" Blend at 1 %): target-class images are blended and keep their label, so the rate (of the
+whole set) is capped at the target class; the test-time trigger is the same.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 from pydantic import Field, field_validator
 
 from backdoorkit.attacks import register_attack
-from backdoorkit.attacks.base import Attack, AttackParams
+from backdoorkit.attacks.base import Attack, AttackParams, LabelModeSwitch
 from backdoorkit.errors import ConfigError
 
 
@@ -37,6 +41,7 @@ class BlendedParams(AttackParams):
     pattern_path: str | None = Field(None, description="an image file to blend instead of noise")
     pattern: Literal["noise", "patch"] = Field("noise", description="full-image pattern or a corner patch")
     patch_size: int = Field(3, ge=1, description='pattern="patch": side of the white bottom-right square')
+    clean_label: bool = Field(False, description="blend target-class images and keep their labels")
 
     @field_validator("pattern_path")
     @classmethod
@@ -70,12 +75,13 @@ def image_pattern(path: str | Path, shape: tuple[int, int, int]) -> torch.Tensor
 
 @register_attack
 class Blended(Attack):
-    """Blended: a full-image pattern mixed in with weight ``alpha``, dirty label."""
+    """Blended: a full-image pattern mixed in with weight ``alpha``, dirty label (or clean label)."""
 
     name = "blended"
     paper = "Chen et al., Targeted Backdoor Attacks on Deep Learning Systems Using Data Poisoning, 2017"
     Params = BlendedParams
     default_rate = 0.1
+    label_mode = LabelModeSwitch("clean_label", default="dirty")  # type: ignore[assignment]
 
     params: BlendedParams
 

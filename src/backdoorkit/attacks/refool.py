@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from backdoorkit.attacks import register_attack
-from backdoorkit.attacks.base import Attack, AttackParams, PoisonedSet
+from backdoorkit.attacks.base import Attack, AttackParams, LabelModeSwitch, PoisonedSet
 from backdoorkit.data.imageset import ImageSet, to_pixels
 from backdoorkit.errors import ConfigError
 
@@ -111,14 +111,6 @@ class RefoolParams(AttackParams):
         return self
 
 
-class _InstanceLabelMode:
-    """``label_mode`` descriptor: ``clean`` on the class, ``params.dirty`` decides on an instance."""
-
-    def __get__(self, obj: object, owner: type | None = None) -> str:
-        params = getattr(obj, "params", None) if obj is not None else None
-        return "dirty" if params is not None and params.dirty else "clean"
-
-
 def uniform(n: int, bounds: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
     lo, hi = bounds
     return lo + (hi - lo) * torch.rand(n, generator=gen)
@@ -149,7 +141,7 @@ class Refool(Attack):
 
     name = "refool"
     paper = "Liu et al., Reflection Backdoor: A Natural Backdoor Attack on Deep Neural Networks, ECCV 2020"
-    label_mode = _InstanceLabelMode()  # type: ignore[assignment]
+    label_mode = LabelModeSwitch("dirty", default="clean")  # type: ignore[assignment]
     Params = RefoolParams
     default_rate = 0.1
 
