@@ -172,6 +172,8 @@ def test_runner_resumes_a_victim_training_after_a_failed_run(
     assert second.failed == 0
     assert counter[0] == whole[0] - 4, (counter, whole)  # the snapshot saved the first epoch's 4 steps
     assert not any((cache / "partial").rglob("*.pt"))
+    (row,) = _cells(tmp_path / "r.db")
+    assert row["stage_seconds"]["resumed"] == ["backdoor_model"], row["stage_seconds"]
     got = {r["cell_hash"]: r["metrics"] for r in _cells(tmp_path / "r.db")}
     want = {r["cell_hash"]: r["metrics"] for r in _cells(tmp_path / "ref.db")}
     assert got == want

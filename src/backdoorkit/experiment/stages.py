@@ -85,6 +85,7 @@ class CellWork:
         self.device = resolve_device(cell.device)
         self.stages: dict[str, float] = {}
         self.cached: list[str] = []
+        self.resumed: list[str] = []  # artefacts whose training went on from a snapshot
         self._data: tuple[ImageSet, ImageSet | None, ImageSet] | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -135,6 +136,8 @@ class CellWork:
         from backdoorkit.pipeline import train_victim
 
         plain = data.data if hasattr(data, "mask") else data
+        if any(self._partial(key).glob("fit-*.pt")):
+            self.resumed.append("backdoor_model" if attack is not None else "clean_model")
         with resumable_training(self._partial(key), keep=True):
             model = train_victim(attack, lambda: self.build(plain), data, self.config(plain))
         return model.to(self.device).eval()
@@ -430,6 +433,8 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     stages = {k: round(v, 4) for k, v in (work.stages if work else {}).items()}
     if work is not None and work.cached:
         stages["cached"] = sorted(set(work.cached))  # type: ignore[assignment]
+    if work is not None and work.resumed:
+        stages["resumed"] = sorted(set(work.resumed))  # type: ignore[assignment]
     out.update(
         seconds=time.perf_counter() - start,
         stages=stages,
