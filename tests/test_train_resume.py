@@ -141,6 +141,24 @@ def _spec(tmp_path: Path) -> Path:
     return path
 
 
+def test_a_failed_snapshot_write_does_not_stop_training(
+    small: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = _model(small)
+    fit(reference, small, CFG)
+
+    def no_space(*_a: object, **_k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    model = _model(small)
+    with pytest.warns(UserWarning, match="goes on without snapshots"), resumable_training(tmp_path / "p"):
+        res = fit(model, small, CFG)
+    assert res.steps == 12 and len(res.losses) == 3
+    want = _state(reference)
+    assert all(torch.equal(v, want[k]) for k, v in _state(model).items())
+
+
 def _cells(db: Path) -> list[dict[str, Any]]:
     store = ResultStore(db)
     try:

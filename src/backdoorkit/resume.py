@@ -105,6 +105,7 @@ class Snapshot:
     def __init__(self, path: Path, key: str) -> None:
         self.path = path
         self.key = key
+        self.broken = False  # a write failed: the run goes on without snapshots
 
     def load(self) -> dict[str, Any] | None:
         """The saved state when it belongs to this call; ``None`` (with a warning for a stale or
@@ -122,14 +123,27 @@ class Snapshot:
         return saved
 
     def save(self, state: dict[str, Any]) -> None:
-        """Write ``state`` atomically (a reader never sees half a file)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Write ``state`` atomically (a reader never sees half a file).  A failed write (disk full, a
+        read-only folder) warns once and the training goes on without snapshots: losing the ability to
+        resume must not end the run it protects."""
+        if self.broken:
+            return
         tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({"format": FORMAT, "key": self.key, **state}, tmp)
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"format": FORMAT, "key": self.key, **state}, tmp)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            self.broken = True
+            tmp.unlink(missing_ok=True)
+            warnings.warn(
+                f"cannot write training snapshot {self.path} ({exc}); training goes on without snapshots",
+                stacklevel=3,
+            )
 
     def finish(self) -> None:
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
 
 
 def snapshot_for(model: nn.Module, data: ImageSet, identity: dict[str, Any]) -> Snapshot | None:
