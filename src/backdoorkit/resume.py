@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from backdoorkit.cache import model_digest
 from backdoorkit.data.fingerprint import fingerprint
 from backdoorkit.data.imageset import ImageSet
 
@@ -86,16 +87,6 @@ def is_plain(**extension_points: Any) -> bool:
     return all(v is None or v == () for v in extension_points.values()) and (
         aug is None or (isinstance(aug, str) and aug == "default")
     )
-
-
-def _model_digest(model: nn.Module) -> str:
-    h = hashlib.sha256(type(model).__qualname__.encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        flat = t.detach().cpu().contiguous().reshape(-1)
-        if flat.numel():
-            h.update(flat.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class Snapshot:
@@ -154,7 +145,7 @@ def snapshot_for(model: nn.Module, data: ImageSet, identity: dict[str, Any]) -> 
         return None
     key = hashlib.sha256(
         json.dumps(
-            {"data": fingerprint(data), "model": _model_digest(model), **identity},
+            {"data": fingerprint(data), "model": model_digest(model), **identity},
             sort_keys=True,
             default=str,
         ).encode()
