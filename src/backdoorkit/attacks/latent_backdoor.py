@@ -143,6 +143,7 @@ class LatentBackdoor(BadNets):
     ) -> None:
         """One epoch per round: train ``shadow_heads`` fresh heads on the clean rows (stem frozen), then
         train the victim one epoch against them; the config's schedule runs over all rounds as one."""
+        from backdoorkit.data.batching import augmentation_for
         from backdoorkit.models.stages import Composite
         from backdoorkit.train import config_schedule, fit
 
@@ -175,13 +176,24 @@ class LatentBackdoor(BadNets):
         heads, smoothing = self.params.shadow_heads, config.label_smoothing
         device = next(model.parameters()).device
 
+        # Without augmentation and with a deterministic stem, every shadow head of a round sees the same
+        # stem output for a row: compute it once a round and look it up by row (the same numbers,
+        # ``heads * head_epochs`` times fewer stem passes).
+        reuse = augmentation_for(clean, config.augment) is None and not _stochastic(stem)
+        round_feats: dict[str, torch.Tensor] = {}
+
         def shadow_loss(joined: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.no_grad():  # the stem is frozen: a forward pass only, no backward through it
-                feats = stem(batch.x)
+            if reuse:
+                feats = round_feats["all"][batch.idx]
+            else:
+                with torch.no_grad():  # the stem is frozen: a forward pass only, no backward through it
+                    feats = stem(batch.x)
             logits = joined.head(feats).float()  # type: ignore[operator]
             return F.cross_entropy(logits, batch.y, label_smoothing=smoothing), logits
 
         for epoch in range(epochs):
+            if reuse:
+                round_feats["all"] = _features(stem, clean, device)
             shadows = nn.ModuleList()
             for h in range(heads):  # one fit each: its own batch order and augmentation draws
                 _, shadow = model_factory().split(at)
@@ -219,6 +231,29 @@ def _reinit(module: nn.Module, seed: int) -> None:
             reset = getattr(layer, "reset_parameters", None)
             if callable(reset):
                 reset()
+
+
+def _stochastic(module: nn.Module) -> bool:
+    """Whether ``module`` draws random numbers in training mode (dropout layers or a dropout rate)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+        rate = getattr(m, "dropout", 0.0)
+        if isinstance(rate, int | float) and rate > 0:
+            return True
+    return False
+
+
+@torch.no_grad()
+def _features(stem: nn.Module, data: ImageSet, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """The stem output for every row of ``data``, in row order, on ``device`` (the stem's BN in eval mode,
+    as :func:`backdoorkit.train.fit` keeps a frozen stem)."""
+    with eval_mode(stem):
+        parts = [
+            stem(to_pixels(data.x[start : start + batch_size].to(device))).float()
+            for start in range(0, len(data), batch_size)
+        ]
+    return torch.cat(parts)
 
 
 @torch.no_grad()
