@@ -117,6 +117,8 @@ def test_partial_training_isolates_a_fixed_share_and_keeps_ba(untrusted, clean_m
     assert res.isolated is not None and int(res.isolated.sum()) == round(0.05 * rows)
     assert 0.0 <= scored["iso_precision"] <= 1.0 and 0.0 <= scored["iso_base_precision"] <= 1.0
     assert scored["ba"] >= clean_ba - BA_SLACK, (scored, clean_ba)
+    # PT's premise, reported without the mask: how well M_s and the partially frozen M' fit D
+    assert 0.5 <= scored["base_fit_acc"] <= 1.0 and 0.0 <= scored["probe_fit_acc"] <= 1.0, scored
 
 
 @pytest.mark.known_failure
