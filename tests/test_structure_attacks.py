@@ -224,6 +224,29 @@ def test_latent_backdoor_survives_head_replacement(
     assert after["asr"] >= base["asr"] + 0.10, (text, base_text)  # ... the latent one clearly less
 
 
+def test_latent_shadow_heads_share_stem_features_only_when_it_is_exact(
+    digits_train: ImageSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without augmentation the shadow heads of a round look their stem features up instead of running
+    the stem: the features must be the frozen stem's own output, and a stem that draws random numbers
+    (dropout) or features over the memory cap fall back to running the stem per batch."""
+    from backdoorkit.attacks import latent_backdoor as lb
+    from backdoorkit.device import eval_mode
+
+    model = make_model("resnet18", digits_train, width=4, seed=0)
+    stem, _ = model.split("layer4.0")
+    rows = digits_train.subset(torch.arange(100))
+    feats = lb._features(stem, rows, torch.device("cpu"), batch_size=32)
+    with eval_mode(stem), torch.no_grad():
+        direct = stem(rows.pixels())
+    assert feats is not None and torch.allclose(feats, direct, atol=1e-5)
+    assert not lb._stochastic(stem)
+    assert lb._stochastic(make_model("wrn16_1", digits_train, dropout=0.3))
+    assert not lb._stochastic(make_model("wrn16_1", digits_train))
+    monkeypatch.setattr(lb, "REUSE_BYTES", 1000)
+    assert lb._features(stem, rows, torch.device("cpu")) is None
+
+
 # ------------------------------------------------------------------------------------ pruning-aware
 def test_pruning_aware_backdoor_hides_behind_decoys(
     clean_model: nn.Module, digits_train: ImageSet, digits_test: ImageSet, tmp_path: Path
