@@ -125,6 +125,8 @@ ORDER = [
     "iso_recall",
     "iso_base_precision",
     "iso_base_recall",
+    "base_fit_acc",
+    "probe_fit_acc",
     "infected",
     "target_correct",
 ]
