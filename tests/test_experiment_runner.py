@@ -7,6 +7,8 @@ in-process tests only and removed afterwards.
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import signal
 import sqlite3
@@ -419,3 +421,40 @@ def test_two_runs_on_one_database(tmp_path: Path, shared_cache: Path) -> None:
     assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
     assert con.execute("SELECT COUNT(*) FROM runs WHERE finished_at IS NULL").fetchone()[0] == 0
     con.close()
+
+
+def test_a_parameter_added_at_its_default_keeps_finished_cells(tmp_path: Path, shared_cache: Path) -> None:
+    """A method that gains a parameter whose default keeps its old behaviour (Blended's ``clean_label``)
+    changes the hash of every cell that uses it; the finished cells must not run again.  Here the
+    stored cell is rewritten as a run from before the parameter existed would have left it."""
+    from backdoorkit.experiment.spec import stands_for
+
+    spec = tiny(tmp_path, attacks=[{"name": "blended", "label": "Blend"}])
+    db = tmp_path / "added.db"
+    assert run_experiment(spec, db=db, cache_dir=shared_cache, quiet=True).done == 1
+    (before,) = rows(db)
+    con = sqlite3.connect(db)
+    (text,) = con.execute("SELECT cell FROM cells").fetchone()
+    cell = json.loads(text)
+    assert cell["identity"]["attack"]["params"].pop("clean_label") is False
+    with con:
+        con.execute("UPDATE cells SET cell_hash = 'old', cell = ?", (json.dumps(cell),))
+        con.execute("UPDATE metrics SET cell_hash = 'old'")
+    con.close()
+
+    summary = run_experiment(spec, db=db, cache_dir=shared_cache, quiet=True, resume=True)
+    assert (summary.done, summary.already) == (0, 1)
+    (after,) = rows(db)
+    assert after["cell_hash"] == before["cell_hash"] and after["status"] == "done"
+    assert (after["ba"], after["asr"]) == (before["ba"], before["asr"])
+
+    # a value that differs, or a new parameter away from its default, is a different cell
+    old = cell["identity"]
+    new = copy.deepcopy(old)
+    new["attack"]["params"]["clean_label"] = False
+    assert stands_for(old, new)
+    new["attack"]["params"]["clean_label"] = True
+    assert not stands_for(old, new)
+    new["attack"]["params"]["clean_label"] = False
+    new["attack"]["params"]["alpha"] = 0.5
+    assert not stands_for(old, new)

@@ -661,6 +661,45 @@ def cell_hash(identity: dict[str, Any]) -> str:
     return hash_key(canonical(identity))
 
 
+def stands_for(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether a result stored under identity ``old`` is the result of identity ``new``: equal, or equal
+    but for attack / defense parameters added to the method since, each at its default.
+
+    A new parameter whose default keeps the method's old behaviour (Blended's ``clean_label``, say)
+    changes every cell hash of that method; without this, ``--resume`` would rerun hours of finished
+    cells whose result it cannot change.  A parameter whose *value* changed, or one added at a value other
+    than its default, still makes a new cell.
+    """
+    old, new = canonical(old), canonical(new)
+    if old == new:
+        return True
+    from backdoorkit.attacks import ATTACKS
+    from backdoorkit.defenses import DEFENSES
+
+    trimmed = json.loads(json.dumps(new))
+    for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES)):
+        mine, theirs = trimmed.get(kind), old.get(kind)
+        if not (isinstance(mine, dict) and isinstance(theirs, dict)):
+            continue
+        if mine.get("name") != theirs.get("name"):
+            return False
+        params, before = mine.get("params"), theirs.get("params")
+        if not isinstance(params, dict) or not isinstance(before, dict) or not (set(params) - set(before)):
+            continue
+        try:
+            fields = registry.get(str(mine["name"])).Params.model_fields
+        except BackdoorkitError:  # an unregistered name: nothing to compare against
+            return False
+        for key in set(params) - set(before):
+            field = fields.get(key)
+            if field is None or field.is_required():
+                return False
+            if canonical(field.get_default(call_default_factory=True)) != params[key]:
+                return False
+            del params[key]
+    return trimmed == old
+
+
 # ---------------------------------------------------------------------------------------- expansion
 def _takes_sequence(annotation: Any) -> bool:
     """Whether a parameter annotation accepts a list/tuple value (so a plain list does not expand)."""

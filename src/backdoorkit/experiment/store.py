@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from backdoorkit.errors import ConfigError
-from backdoorkit.experiment.spec import Cell, Plan
+from backdoorkit.experiment.spec import Cell, Plan, stands_for
 from backdoorkit.jsonable import to_jsonable
 from backdoorkit.paths import check_writable
 
@@ -394,6 +394,8 @@ class ResultStore:
         """
         now = time.time()
         with self.transaction() as con:
+            for c in plan.runnable:
+                self._adopt_equivalent(con, c)
             for c in plan.cells:
                 status = "pending" if c.runnable else "skipped"
                 con.execute(
@@ -447,6 +449,35 @@ class ResultStore:
                         co["clean_fraction"],
                     ),
                 )
+
+    @staticmethod
+    def _adopt_equivalent(con: sqlite3.Connection, c: Cell) -> None:
+        """Give a finished cell of the same coordinates whose identity :func:`stands_for` this cell's the
+        cell's new hash (its metrics follow), instead of leaving ``c`` to be run again."""
+        row = con.execute("SELECT status FROM cells WHERE cell_hash = ?", (c.hash,)).fetchone()
+        if row is not None and row["status"] != "pending":
+            return
+        co = c.coordinates()
+        found = con.execute(
+            "SELECT cell_hash, cell FROM cells WHERE status = 'done' AND cell_hash != ? AND dataset = ? "
+            "AND model = ? AND attack = ? AND defense = ? AND seed = ? AND clean_fraction = ?",
+            (c.hash, *(co[k] for k in ("dataset", "model", "attack", "defense", "seed", "clean_fraction"))),
+        ).fetchall()
+        identity = c.identity()
+        for old in found:
+            try:
+                before = json.loads(old["cell"])["identity"]
+            except (TypeError, ValueError, KeyError):
+                continue
+            if isinstance(before, dict) and stands_for(before, identity):
+                con.execute("DELETE FROM cells WHERE cell_hash = ?", (c.hash,))
+                con.execute(
+                    "UPDATE cells SET cell_hash = ?, cell = ? WHERE cell_hash = ?",
+                    (c.hash, json.dumps(cell_json(c), sort_keys=True), old["cell_hash"]),
+                )
+                moved = (c.hash, old["cell_hash"])
+                con.execute("UPDATE metrics SET cell_hash = ? WHERE cell_hash = ?", moved)
+                return
 
     def statuses(self, hashes: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
