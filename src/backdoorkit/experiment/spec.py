@@ -26,7 +26,9 @@ A cell's hash is the hash of the canonical JSON (sorted keys) of what determines
 dataset's identity (name, or the content digest of a path), the model, the training overrides, the
 attack and defense with every parameter resolved (defaults included), the scenario, the seed and the
 clean fraction.  It does not depend on key order, list position, labels, the device or the spec
-file's location.  Validation errors are one-line :class:`~backdoorkit.errors.ConfigError` naming the
+file's location.  A finished cell whose identity lacks only parameters a method gained since, each at its
+default, stands for the new cell (:func:`stands_for`; the store hands it the new hash).  Validation
+errors are one-line :class:`~backdoorkit.errors.ConfigError` naming the
 key and the allowed values.
 """
 

@@ -452,8 +452,8 @@ class ResultStore:
 
     @staticmethod
     def _adopt_equivalent(con: sqlite3.Connection, c: Cell) -> None:
-        """Give a finished cell of the same coordinates whose identity :func:`stands_for` this cell's the
-        cell's new hash (its metrics follow), instead of leaving ``c`` to be run again."""
+        """When ``c`` has no finished row, hand its hash to a finished row of the same coordinates whose
+        identity :func:`stands_for` ``c``'s (the metrics follow), so that ``c`` is not run again."""
         row = con.execute("SELECT status FROM cells WHERE cell_hash = ?", (c.hash,)).fetchone()
         if row is not None and row["status"] != "pending":
             return
