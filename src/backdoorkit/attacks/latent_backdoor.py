@@ -45,7 +45,7 @@ after replacement with one shadow head a round, 0.3 % with five; BadNets there: 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -253,19 +253,27 @@ REUSE_BYTES = 1 << 30
 """The most memory the shadow heads' shared stem features may take (else the stem runs per batch)."""
 
 
+def _stem_outputs(
+    stem: nn.Module, data: ImageSet, device: torch.device, batch_size: int = 512
+) -> Iterator[torch.Tensor]:
+    """The stem's float output for ``data`` batch by batch, in row order (the stem in eval mode, as
+    :func:`backdoorkit.train.fit` keeps a frozen stem; call under ``torch.no_grad``)."""
+    with eval_mode(stem):
+        for start in range(0, len(data), batch_size):
+            yield stem(to_pixels(data.x[start : start + batch_size].to(device))).float()
+
+
 @torch.no_grad()
 def _features(
     stem: nn.Module, data: ImageSet, device: torch.device, batch_size: int = 512
 ) -> torch.Tensor | None:
-    """The stem output for every row of ``data``, in row order, on ``device`` (the stem's BN in eval mode,
-    as :func:`backdoorkit.train.fit` keeps a frozen stem); ``None`` when it would exceed ``REUSE_BYTES``."""
+    """The stem output for every row of ``data``, in row order, on ``device``; ``None`` when it would
+    exceed ``REUSE_BYTES``."""
     parts: list[torch.Tensor] = []
-    with eval_mode(stem):
-        for start in range(0, len(data), batch_size):
-            part = stem(to_pixels(data.x[start : start + batch_size].to(device))).float()
-            if not parts and part[0].numel() * 4 * len(data) > REUSE_BYTES:
-                return None
-            parts.append(part)
+    for part in _stem_outputs(stem, data, device, batch_size):
+        if not parts and part[0].numel() * 4 * len(data) > REUSE_BYTES:
+            return None
+        parts.append(part)
     return torch.cat(parts)
 
 
@@ -273,10 +281,6 @@ def _features(
 def _mean_feature(stem: nn.Module, data: ImageSet, batch_size: int = 512) -> torch.Tensor:
     """The mean flattened stem output over ``data`` (eval mode)."""
     dev = next(stem.parameters()).device
-    total = None
-    with eval_mode(stem):
-        for start in range(0, len(data), batch_size):
-            part = stem(to_pixels(data.x[start : start + batch_size].to(dev))).flatten(1).float().sum(0)
-            total = part if total is None else total + part
-    assert total is not None
+    total = sum(part.flatten(1).sum(0) for part in _stem_outputs(stem, data, dev, batch_size))
+    assert isinstance(total, torch.Tensor)
     return total / len(data)

@@ -678,7 +678,7 @@ def stands_for(old: dict[str, Any], new: dict[str, Any]) -> bool:
     from backdoorkit.attacks import ATTACKS
     from backdoorkit.defenses import DEFENSES
 
-    trimmed = json.loads(json.dumps(new))
+    trimmed = new  # canonical() made it a fresh copy
     for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES)):
         mine, theirs = trimmed.get(kind), old.get(kind)
         if not (isinstance(mine, dict) and isinstance(theirs, dict)):
