@@ -21,6 +21,7 @@ import torch
 from backdoorkit.checkpoint import load_model, save_model
 from backdoorkit.cli import main
 from backdoorkit.defenses import DEFENSES, ModelRepair, build_defense
+from backdoorkit.errors import ConfigError
 from backdoorkit.metrics import attack_success_rate, benign_accuracy
 
 NAMES = ("pruning", "fine_pruning", "nad", "mcr", "anp", "ibau", "super_fine_tuning")
@@ -147,6 +148,40 @@ def test_anp_never_trades_more_accuracy_than_its_held_out_rule_allows(outcomes) 
     sweep = {r["threshold"]: r["held_out_accuracy"] for r in after["info"]["sweep"]}
     assert sweep[after["info"]["threshold"]] >= after["info"]["held_out_accuracy_before"] - 0.05
     assert after["ba"] >= before["ba"] - 0.12, after
+
+
+def test_anp_by_number_prunes_the_lowest_masks_first() -> None:
+    """The official code's second rule: the k smallest masks over the whole network, ties in order."""
+    from backdoorkit.defenses.anp import _keep_all_but_lowest
+
+    masks = [torch.tensor([0.9, 0.0, 0.5]), torch.tensor([0.0, 0.2]), torch.tensor([1.0])]
+    keep = _keep_all_but_lowest(masks, 3)
+    assert [k.tolist() for k in keep] == [[True, False, True], [False, False], [True]]
+    assert all(k.all() for k in _keep_all_but_lowest(masks, 0))
+    assert not any(k.any() for k in _keep_all_but_lowest(masks, 6))
+    with pytest.raises(ConfigError):
+        build_defense("anp", prune_count=5)  # a count belongs to the number rule
+    with pytest.raises(ConfigError):
+        build_defense("anp", prune_by="number", threshold=0.2)
+
+
+def test_anp_by_number_sweeps_counts_under_the_same_held_out_rule(badnets_digits) -> None:
+    """Measured with the test budget (eps 0.1, 30 iterations), victims of seeds 0 / 1 / 2, BA / ASR %
+    (neurons pruned): by number 92.2 / 14.2 (80), 99.2 / 98.5 (0), 91.9 / 99.7 (60); by threshold
+    88.0 / 25.7 (95), 99.2 / 98.5 (0), 90.8 / 99.7 (70).  The count stops part-way where the threshold
+    cannot, but the 29 held-out images make either rule noisy; asserted: the sweep and the guard."""
+    case = badnets_digits[0]
+    res = build_defense("anp", prune_by="number", number_step=40, **BUDGETS["anp"]).repair(
+        case["model"], case["clean"], seed=0
+    )
+    info = res.info
+    counts = [r["count"] for r in info["sweep"]]
+    assert counts == list(range(0, min(1000, info["neurons"]) + 1, 40))
+    assert all(r["pruned"] == r["count"] for r in info["sweep"])
+    chosen = next(r for r in info["sweep"] if r["pruned"] == info["pruned"])
+    assert chosen["held_out_accuracy"] >= info["held_out_accuracy_before"] - 0.05
+    assert sum(info["pruned_per_layer"].values()) == info["pruned"] and info["threshold"] is None
+    assert res.metrics["pruned_ratio"] == info["pruned"] / info["neurons"]
 
 
 def test_pruning_removes_the_backdoor_and_fine_tuning_brings_it_back(outcomes) -> None:

@@ -25,8 +25,12 @@ defender's data: the clean samples are split (stratified, seeded) into an optimi
 held-out part (``val_fraction`` 0.2); the masks are learnt on the first, and the threshold is the
 largest of ``0, 0.05, ..., 0.9`` (the official sweep) whose held-out accuracy stays within
 ``tolerance`` (0.05) of the unpruned model's.  ``threshold=<float>`` fixes it (0.2 is the value the
-ANP paper's figures centre on).  The result is the original architecture with plain batch norm, so it
-saves and loads like the input model.
+ANP paper's figures centre on).  ``prune_by="number"`` is the official code's other mode: rank every
+neuron by its mask and prune the ``k`` smallest, ``k`` swept over ``0, 20, 40, ...`` up to 1,000 (the
+official step and bound; ``number_step``, ``max_number``), chosen by the same held-out rule, or fixed
+with ``prune_count=<int>``.  It is finer where many masks sit at the same low value: a threshold then
+prunes all of them at once, a count can stop part-way.  The result is the original architecture with
+plain batch norm, so it saves and loads like the input model.
 
 **Narrow models.**  At the official ``eps`` 0.4 the perturbation overwhelms narrow CIFAR-10 models and
 the rule then prunes nothing: on WRN-16-1 (``repair_tar_table1_cpu``, 2,000 iterations) the final mixed
@@ -38,11 +42,11 @@ knob to try, judged on the held-out accuracy of the sweep (``info["sweep"]``), n
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from backdoorkit.data import split_holdout
@@ -66,11 +70,23 @@ class ANPParams(TuneParams):
     weight_decay: float = Field(0.0, ge=0)
     eps: float = Field(0.4, ge=0)
     alpha: float = Field(0.2, ge=0, le=1)
+    prune_by: Literal["threshold", "number"] = "threshold"
     threshold: float | None = Field(None, ge=0, le=1)
     max_threshold: float = Field(0.9, gt=0, le=1)
     threshold_step: float = Field(0.05, gt=0, le=1)
     tolerance: float = Field(0.05, ge=0, le=1)
     val_fraction: float = Field(0.2, gt=0, lt=1)
+    prune_count: int | None = Field(None, ge=0, description="prune_by=number: a fixed count")
+    number_step: int = Field(20, ge=1)
+    max_number: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ANPParams:
+        if self.prune_by == "threshold" and self.prune_count is not None:
+            raise ValueError("prune_count needs prune_by=number (the threshold rule uses threshold=)")
+        if self.prune_by == "number" and self.threshold is not None:
+            raise ValueError("threshold needs prune_by=threshold (the number rule uses prune_count=)")
+        return self
 
 
 class _Gate(nn.Module):
@@ -146,11 +162,23 @@ class _ClipMasks(Callback):
                 m.gate.mask.clamp_(0.0, 1.0)
 
 
-def _set_masks(layers: list[PerturbableBatchNorm2d], masks: list[torch.Tensor], keep: float | None) -> None:
-    """Binary masks (``mask >= keep`` kept) or, with ``keep=None``, all ones."""
+def _set_masks(layers: list[PerturbableBatchNorm2d], keep: list[torch.Tensor] | None) -> None:
+    """Binary masks (1 where ``keep`` is true) or, with ``keep=None``, all ones."""
     with torch.no_grad():
-        for m, v in zip(layers, masks, strict=True):
-            m.gate.mask.copy_(torch.ones_like(v) if keep is None else (v >= keep).to(v.dtype))
+        for i, m in enumerate(layers):
+            m.gate.mask.copy_(torch.ones_like(m.gate.mask) if keep is None else keep[i].to(m.gate.mask.dtype))
+
+
+def _keep_above(masks: list[torch.Tensor], threshold: float) -> list[torch.Tensor]:
+    return [v >= threshold for v in masks]
+
+
+def _keep_all_but_lowest(masks: list[torch.Tensor], count: int) -> list[torch.Tensor]:
+    """Prune the ``count`` neurons with the smallest masks over the whole network (ties: network order)."""
+    flat = torch.cat(masks)
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    keep[torch.sort(flat, stable=True).indices[:count]] = False
+    return list(keep.split([len(v) for v in masks]))
 
 
 def _plain(bn: PerturbableBatchNorm2d) -> nn.BatchNorm2d:
@@ -195,35 +223,51 @@ class ANP(ModelRepair):
             callbacks=[_ClipMasks(layers)],
         )
         masks = [m.gate.mask.detach().clone() for m in layers]
-        _set_masks(layers, masks, None)
-        base = evaluate(model, held_out)
-        sweep: list[dict[str, Any]] = []
-        count = round(p.max_threshold / p.threshold_step)
-        candidates = [round(i * p.threshold_step, 6) for i in range(count + 1)]
-        for thr in candidates if p.threshold is None else [p.threshold]:
-            _set_masks(layers, masks, thr)
-            pruned = sum(int((v < thr).sum()) for v in masks)
-            sweep.append({"threshold": thr, "pruned": pruned, "held_out_accuracy": evaluate(model, held_out)})
-        if p.threshold is not None:
-            chosen = sweep[0]
-        else:  # threshold 0 prunes nothing, so at least that one qualifies
-            ok = [r for r in sweep if r["held_out_accuracy"] >= base - p.tolerance]
-            chosen = max(ok, key=lambda r: r["threshold"])
-        _set_masks(layers, masks, chosen["threshold"])
-        replace_modules(model, lambda _n, m: isinstance(m, PerturbableBatchNorm2d), lambda _n, m: _plain(m))
         total = sum(len(v) for v in masks)
+        _set_masks(layers, None)
+        base = evaluate(model, held_out)
+        if p.prune_by == "threshold":
+            key, fixed = "threshold", p.threshold
+            steps = round(p.max_threshold / p.threshold_step)
+            grid: list[float | int] = [round(i * p.threshold_step, 6) for i in range(steps + 1)]
+        else:
+            key, fixed = "count", p.prune_count
+            grid = list(range(0, min(p.max_number, total) + 1, p.number_step))
+
+        def keeps(value: float | int) -> list[torch.Tensor]:
+            if p.prune_by == "threshold":
+                return _keep_above(masks, float(value))
+            return _keep_all_but_lowest(masks, int(value))
+
+        sweep: list[dict[str, Any]] = []
+        for value in grid if fixed is None else [fixed]:
+            keep = keeps(value)
+            _set_masks(layers, keep)
+            pruned = sum(int((~k).sum()) for k in keep)
+            sweep.append({key: value, "pruned": pruned, "held_out_accuracy": evaluate(model, held_out)})
+        if fixed is not None:
+            chosen = sweep[0]
+        else:  # the first grid point prunes nothing, so at least that one qualifies
+            ok = [r for r in sweep if r["held_out_accuracy"] >= base - p.tolerance]
+            chosen = max(ok, key=lambda r: r[key])
+        keep = keeps(chosen[key])
+        _set_masks(layers, keep)
+        replace_modules(model, lambda _n, m: isinstance(m, PerturbableBatchNorm2d), lambda _n, m: _plain(m))
+        threshold = chosen.get("threshold")
         return DefenseResult(
             model,
             {
-                "threshold": chosen["threshold"],
+                "prune_by": p.prune_by,
+                "threshold": threshold,
                 "pruned": chosen["pruned"],
                 "neurons": total,
                 "held_out_accuracy_before": base,
                 "sweep": sweep,
-                "pruned_per_layer": {
-                    n: int((v < chosen["threshold"]).sum()) for n, v in zip(names, masks, strict=True)
-                },
+                "pruned_per_layer": {n: int((~k).sum()) for n, k in zip(names, keep, strict=True)},
                 "finetune": tuned,
             },
-            metrics={"threshold": chosen["threshold"], "pruned_ratio": chosen["pruned"] / max(total, 1)},
+            metrics={
+                **({"threshold": threshold} if threshold is not None else {}),
+                "pruned_ratio": chosen["pruned"] / max(total, 1),
+            },
         )
