@@ -183,6 +183,9 @@ def test_anp_by_number_sweeps_counts_under_the_same_held_out_rule(badnets_digits
     assert chosen["held_out_accuracy"] >= info["held_out_accuracy_before"] - 0.05
     assert sum(info["pruned_per_layer"].values()) == info["pruned"] and info["threshold"] is None
     assert res.metrics["pruned_ratio"] == info["pruned"] / info["neurons"]
+    too_many = build_defense("anp", prune_by="number", prune_count=10**6)
+    with pytest.raises(ConfigError, match="more than the model's"):
+        too_many.repair(case["model"], case["clean"], seed=0)
 
 
 def test_pruning_removes_the_backdoor_and_fine_tuning_brings_it_back(outcomes) -> None:

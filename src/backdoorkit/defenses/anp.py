@@ -211,6 +211,9 @@ class ANP(ModelRepair):
         if not names:
             raise ConfigError(f"anp needs BatchNorm2d layers; {type(model).__name__} has none")
         layers = _noisy(model)
+        neurons = sum(m.num_features for m in layers)
+        if p.prune_count is not None and p.prune_count > neurons:
+            raise ConfigError(f"anp: prune_count={p.prune_count} is more than the model's {neurons} neurons")
         gates = [f"{n}.gate" for n in names]
         _, tuned = finetune(
             model,
