@@ -3,10 +3,12 @@ target-class images, clean images of another class and the *poisoned* images of 
 
 A stem that learnt the backdoor puts the poisoned images next to the target class; a stem trained with
 the reconstruction task keeps them with their own class.  :func:`stem_features` computes flattened stem
-outputs, :func:`feature_groups` builds the three groups from a clean (test) set and an attack, and
-:func:`stem_feature_pca` draws one panel per stem (e.g. "no reconstruction" / "T&R"): a 2-D PCA
-(scikit-learn) fitted on that stem's three groups together, written as a PNG with matplotlib's ``Agg``
-canvas.  This is an evaluation tool: it uses the attack, which a defense never sees.
+outputs, :func:`feature_groups` builds the three groups from a clean (test) set and an attack,
+:func:`centroid_shares` puts the picture in numbers (the shares of triggered images nearest the target
+class's clean centroid and nearest their own class's), and :func:`stem_feature_pca` draws one panel
+per stem (e.g. "no reconstruction" / "T&R"): a 2-D PCA (scikit-learn) fitted on that stem's three
+groups together, written as a PNG with matplotlib's ``Agg`` canvas.  This is an evaluation tool: it
+uses the attack, which a defense never sees.
 """
 
 from __future__ import annotations
@@ -66,6 +68,33 @@ def feature_groups(
     }
 
 
+def centroid_shares(stem: nn.Module, data: ImageSet, attack: Any) -> dict[str, float]:
+    """Where a stem puts triggered images, in numbers (the quantity Figure 2 shows).
+
+    The centroids are the mean stem features of each class's clean images of ``data``; every image not
+    of the attack's target class gets the trigger, and its nearest centroid (Euclidean) is counted:
+    ``target`` is the share nearest the target class (near 1: the stem itself maps the trigger onto the
+    target, so no head trained on clean data can undo it), ``own class`` the share nearest its true
+    class (near 1: the stem keeps poisoned images with their class, the paper's claim for the
+    reconstruction-trained stem).  Chance is about ``1 / classes`` for each.
+    """
+    clean = stem_features(stem, data.x)
+    y = data.y.cpu()
+    present = [c for c in range(data.num_classes) if bool((y == c).any())]
+    target = int(attack.target)
+    if target not in present:
+        raise ConfigError(f"feature view: {data.name} has no images of the target class {target}")
+    centroids = torch.stack([clean[y == c].mean(0) for c in present])
+    classes = torch.tensor(present)
+    keep = y != target
+    poisoned = stem_features(stem, to_pixels(data.x[keep.to(data.x.device)]), transform=attack.apply)
+    nearest = classes[torch.cdist(poisoned, centroids).argmin(1)]
+    return {
+        "target": float((nearest == target).float().mean()),
+        "own class": float((nearest == y[keep]).float().mean()),
+    }
+
+
 def stem_feature_pca(
     stems: Mapping[str, nn.Module],
     data: ImageSet,
@@ -119,4 +148,4 @@ def stem_feature_pca(
     return out
 
 
-__all__ = ["feature_groups", "stem_feature_pca", "stem_features"]
+__all__ = ["centroid_shares", "feature_groups", "stem_feature_pca", "stem_features"]
