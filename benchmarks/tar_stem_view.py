@@ -3,9 +3,9 @@
 Trap-and-Replace (Wang et al., NeurIPS 2022) works only if its stem, trained with the reconstruction
 task, keeps triggered images with their own class, so that the new head, trained on clean data alone,
 has no reason to send them to the target (the paper's Figure 2).  For every attack of a robust-training
-spec whose ``T&R`` and ``T&R no reconstruction`` cells are cached, this script loads the two defended
-models and the victim (the same architecture trained normally on the same poisoned set) and measures,
-on the cell's own test split:
+spec whose victim is cached, this script loads the victim (the architecture trained normally on the
+poisoned set) and whichever of the ``T&R`` and ``T&R no reconstruction`` models are cached, and
+measures, on the cell's own test split:
 
 * where the triggered non-target test images land among the class centroids of the clean test images
   (:func:`backdoorkit.viz.features.centroid_shares`): the share nearest the *target* centroid (near 1:

@@ -84,9 +84,11 @@ def centroid_shares(stem: nn.Module, data: ImageSet, attack: Any) -> dict[str, f
     target = int(attack.target)
     if target not in present:
         raise ConfigError(f"feature view: {data.name} has no images of the target class {target}")
+    keep = y != target
+    if not bool(keep.any()):
+        raise ConfigError(f"feature view: {data.name} has no images outside the target class {target}")
     centroids = torch.stack([clean[y == c].mean(0) for c in present])
     classes = torch.tensor(present)
-    keep = y != target
     poisoned = stem_features(stem, to_pixels(data.x[keep.to(data.x.device)]), transform=attack.apply)
     nearest = classes[torch.cdist(poisoned, centroids).argmin(1)]
     return {
