@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         f"# Trap-and-Replace stem view: {args.spec.name} (analysis only: uses the trigger and the test set)",
         "",
         f"`python benchmarks/tar_stem_view.py {args.spec}`; the stem is the model before the T&R split "
-        "block; triggered non-target test images against the clean class centroids of the test split.",
+        "block; triggered non-target test images against the clean class centroids of the test split. "
+        "T&R without reconstruction trains its stage 1 as the victim was trained (same seed and recipe), "
+        "so its stem can equal the victim's.",
         "",
         "| attack | stem | nearest the target (%) | nearest their own class (%) | feature view |",
         "| --- | --- | ---: | ---: | --- |",
