@@ -41,6 +41,7 @@ from backdoorkit.cache import ArtifactCache
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.defenses.trap_replace import stem_block
 from backdoorkit.experiment.runner import plan_of
+from backdoorkit.experiment.spec import Plan
 from backdoorkit.experiment.stages import CellWork
 from backdoorkit.models.stages import split
 from backdoorkit.viz.features import centroid_shares, stem_feature_pca
@@ -52,12 +53,12 @@ def _refuse(*_: Any, **__: Any) -> Any:
     raise LookupError("not in the artefact cache")
 
 
-def stems_of(spec: Path, attack_label: str) -> tuple[dict[str, nn.Module], ImageSet, Any, list[str]]:
+def stems_of(plan: Plan, attack_label: str) -> tuple[dict[str, nn.Module], ImageSet, Any, list[str]]:
     """``({panel: stem}, test split, attack, missing)`` for one attack, from cached artefacts only;
     ``missing`` names the panels whose model is not cached (or whose cell the spec lacks)."""
     cells = {
         c.defense_label: c
-        for c in plan_of(spec).runnable
+        for c in plan.runnable
         if c.attack_label == attack_label and c.defense_label in STEMS
     }
     cache = ArtifactCache()
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = args.attacks or sorted({c.attack_label for c in plan.runnable if c.attack != "none"})
     rows = []
     for label in labels:
-        stems, test, attack, missing = stems_of(args.spec, label)
+        stems, test, attack, missing = stems_of(plan, label)
         if missing:
             print(f"{label}: not cached: {', '.join(missing)}", file=sys.stderr)
         if not stems:
