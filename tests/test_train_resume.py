@@ -122,6 +122,33 @@ def test_calls_with_outside_state_are_not_snapshotted(
     assert not folder.exists() or not any(folder.iterdir())
 
 
+def test_attacker_model_training_resumes_from_the_cache(
+    small: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The self-trained attacker of the model-based attacks (hours at full width on a CPU) resumes a
+    stopped training from ``<cache>/partial/<key>`` and ends as an uninterrupted one would."""
+    from backdoorkit.attacks._model_based import ModelBasedParams, attacker_model
+    from backdoorkit.cache import ArtifactCache
+
+    params = ModelBasedParams(attacker_width=4, attacker_epochs=3)
+    reference = attacker_model(params, small, 0, ArtifactCache(tmp_path / "ref"))
+
+    cache = ArtifactCache(tmp_path / "cache")
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 3)  # recipe batches of 128: 2 an epoch, stopped in the second epoch
+        with pytest.raises(Interrupted):
+            attacker_model(params, small, 0, cache)
+    (partial,) = (cache.root / "partial").iterdir()
+    assert (partial / "fit-0.pt").is_file()
+
+    counter = _interrupt_after(monkeypatch, 10**9)
+    model = attacker_model(params, small, 0, cache)
+    assert counter[0] == 4  # only epochs 2 and 3 were trained
+    want = _state(reference)
+    assert all(torch.equal(v, want[k]) for k, v in _state(model).items())
+    assert not partial.exists()  # dropped once the attacker is cached
+
+
 def _spec(tmp_path: Path) -> Path:
     """One BadNets cell on 300 digits (270 after the 10 % holdout: 4 steps an epoch, 12 in all)."""
     spec = {

@@ -165,11 +165,17 @@ def attacker_model(params: ModelBasedParams, train: ImageSet, seed: int, cache: 
     ``attacker_adv_epochs > 0`` the model is trained from scratch with PGD adversarial training
     (eps 8/255, step 2/255, 10 steps, random start) for that many epochs instead, as the PyTorch ports
     of the label-consistent attack do.
+
+    Clean training snapshots every epoch to ``<cache>/partial/<key>`` (:mod:`backdoorkit.resume`), so a
+    long one (the SSFT preset's full-width attacker takes hours on a CPU) resumes after a stopped run
+    instead of starting again; adversarial training has a custom loss and is not snapshotted.
     """
     from backdoorkit.pipeline import make_model, recipe_for
+    from backdoorkit.resume import resumable_training
     from backdoorkit.train import fit
 
     recipe = attacker_recipe(params, train, seed)
+    key = hash_key("attacker", recipe)
 
     def train_attacker() -> nn.Module:
         count_call("attacker_fit")
@@ -179,10 +185,10 @@ def attacker_model(params: ModelBasedParams, train: ImageSet, seed: int, cache: 
             adv_cfg = cfg.model_copy(update={"epochs": params.attacker_adv_epochs})
             fit(model, train, adv_cfg, loss_fn=adversarial_loss())
         else:
-            fit(model, train, cfg)
+            with resumable_training(cache.root / "partial" / key):
+                fit(model, train, cfg)
         return model
 
-    key = hash_key("attacker", recipe)
     device = resolve_device("auto")
     return cache.get_or_compute_model(MODEL_KIND, key, train_attacker, {"recipe": recipe}, device=device)
 
