@@ -25,7 +25,9 @@ could silently change the result; they simply run from the start again.
 The experiment runner trains every clean and victim model inside this block, with the folder
 ``<cache>/partial/<artefact key>``: ``backdoorkit run --resume`` after an interrupted run picks up a
 victim's training at its last finished epoch, and the cell's stage record lists that model under
-``resumed`` (its stage seconds then cover only the part trained in that run).
+``resumed`` (its stage seconds then cover only the part trained in that run).  The self-trained attacker
+models of the model-based attacks (:func:`backdoorkit.attacks._model_based.attacker_model`) use the same
+folder scheme under their own cache key.
 """
 
 from __future__ import annotations
