@@ -107,6 +107,11 @@ class ArtifactCache:
     def _path(self, kind: str, key: str, suffix: str) -> Path:
         return self.root / kind / f"{key}{suffix}"
 
+    def partial(self, key: str) -> Path:
+        """The folder of the per-epoch training snapshots (:mod:`backdoorkit.resume`) of the model that
+        will be cached under ``key``."""
+        return self.root / "partial" / key
+
     # ------------------------------------------------------------------ tensors
     def has(self, kind: str, key: str) -> bool:
         return self._path(kind, key, ".safetensors").is_file()

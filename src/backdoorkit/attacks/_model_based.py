@@ -185,7 +185,7 @@ def attacker_model(params: ModelBasedParams, train: ImageSet, seed: int, cache: 
             adv_cfg = cfg.model_copy(update={"epochs": params.attacker_adv_epochs})
             fit(model, train, adv_cfg, loss_fn=adversarial_loss())
         else:
-            with resumable_training(cache.root / "partial" / key):
+            with resumable_training(cache.partial(key)):
                 fit(model, train, cfg)
         return model
 

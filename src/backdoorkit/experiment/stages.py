@@ -143,7 +143,7 @@ class CellWork:
         return model.to(self.device).eval()
 
     def _partial(self, key: str) -> Path:
-        return self.cache.root / "partial" / key
+        return self.cache.partial(key)
 
     def _stored(self, kind: str, key: str, model: nn.Module, meta: dict[str, Any]) -> None:
         """Cache a freshly trained model, then drop its training snapshots."""
