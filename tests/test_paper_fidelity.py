@@ -114,26 +114,34 @@ def test_wanet_on_the_fly_poisons_every_batch_and_leaves_the_set_clean(digits_tr
 def test_wanet_on_the_fly_implants_and_noise_mode_is_what_holds_wanet_back(
     digits_train: ImageSet, digits_test: ImageSet
 ) -> None:
-    """Same budget (the digits recipe, 8 epochs), s = 2 (the digits are 8x8 images upsampled 4x).
+    """Same budget (the digits recipe cut to 6 epochs to keep the suite short), s = 2 (the digits are
+    8x8 images upsampled 4x).
 
-    Measured: without noise mode, static 99.7 % and on the fly 100 % ASR; with noise mode
-    (cross_ratio 2) static 38 % and on the fly 18 %.  So on-the-fly poisoning does not beat static
+    Measured at 6 epochs: without noise mode, static 99.7 % and on the fly 100 % ASR (BA 98.9 / 99.4 %);
+    with noise mode (cross_ratio 2) static 31.6 % (BA 97.5 %).  At a longer budget: static 99.7 %, on the fly
+    100 %, noise mode static 38 % and on the fly 18 %.  So on-the-fly poisoning does not beat static
     poisoning here: what holds WaNet back at a small budget is the noise mode (a jitter about three
     times the warp, drawn afresh every step on the fly, so the exact warp must be learnt; fixed per
     row when poisoned statically, so those rows can be memorised).  The SSFT victims ran without it.
     """
     from conftest import TEST_ARCH, TEST_WIDTH, train_digits
 
+    EPOCHS = 6
+
     def static(**params: object) -> dict[str, float]:
         atk = build_attack("wanet", s=2.0, **params)
-        return backdoor_metrics(train_digits(atk.poison(digits_train, seed=0).data, seed=0), digits_test, atk)
+        return backdoor_metrics(
+            train_digits(atk.poison(digits_train, seed=0).data, seed=0, epochs=EPOCHS), digits_test, atk
+        )
 
     fly = build_attack("wanet", s=2.0, cross_ratio=0.0, poisoning="on_the_fly")
     ps = fly.poison(digits_train, seed=0)
-    model, _ = train_model(TEST_ARCH, ps, recipe_for(digits_train), seed=0, width=TEST_WIDTH, attack=fly)
+    recipe = recipe_for(digits_train, epochs=EPOCHS)
+    model, _ = train_model(TEST_ARCH, ps, recipe, seed=0, width=TEST_WIDTH, attack=fly)
     m_fly = backdoor_metrics(model, digits_test, fly)
     m_static, m_noise = static(cross_ratio=0.0), static()  # static() is noise mode, cross_ratio 2
     note = f"on the fly {m_fly}, static {m_static}, static noise mode {m_noise}"
+    print(note)
     assert m_fly["asr"] >= 0.9 and m_fly["asr"] >= m_static["asr"] - 0.02, note
     assert m_fly["ba"] >= m_static["ba"] - 0.03, note
     assert m_noise["asr"] <= m_static["asr"] - 0.3, note
