@@ -76,6 +76,8 @@ def test_reproduce_script_tiny_cpu_run(tmp_path: Path) -> None:
     html = (out / "report.html").read_text()
     assert '<table class="main">' in html and "data:image/png;base64," in html
     assert (out / "report.csv").is_file() and (out / "spec.yaml").is_file()
+    # SSFT / SSFT* selections were kept in the artefact cache for later processes (one per attack)
+    assert len(list(tmp_path.rglob("selection/*.json"))) == len(ATTACKS)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present: the full run would start")

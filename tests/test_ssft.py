@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backdoorkit.cache import ArtifactCache
 from backdoorkit.checkpoint import load_model, read_sidecar, save_model
 from backdoorkit.data.fingerprint import fingerprint
 from backdoorkit.defenses import DEFENSES, ModelRepair, build_defense
@@ -142,6 +143,31 @@ def test_selection_is_deterministic_and_cached(badnets_digits) -> None:
     c = sc.select_critical(case["model"], case["clean"], p, seed=1, device="cpu")
     assert (a.layers, a.scan, a.scores) == (b.layers, b.scan, b.scores) == (c.layers, c.scan, c.scores)
     assert not b.cached and c.cached
+
+
+def test_selection_persists_in_the_artefact_cache_only_when_asked(badnets_digits, tmp_path) -> None:
+    """Inside ``selections_stored_in`` (the runner's cells) a selection survives the in-process memo
+    (another process, a later session) and comes back identical; outside it nothing is written."""
+    case = badnets_digits[1]
+    p = build_defense("ss", surrogate_epochs=2).params
+    store = ArtifactCache(tmp_path / "cache")
+    sc.clear_selection_cache()
+    with sc.selections_stored_in(store):
+        a = sc.select_critical(case["model"], case["clean"], p, seed=2, device="cpu")
+        sc.clear_selection_cache()  # as a fresh process would start
+        b = sc.select_critical(case["model"], case["clean"], p, seed=2, device="cpu")
+    assert not a.cached and b.cached
+    assert (a.layers, a.optimal_gammas, a.scan, a.scores, a.seconds) == (
+        b.layers,
+        b.optimal_gammas,
+        b.scan,
+        b.scores,
+        b.seconds,
+    )
+    assert len(list((tmp_path / "cache" / "selection").glob("*.json"))) == 1
+    sc.clear_selection_cache()
+    c = sc.select_critical(case["model"], case["clean"], p, seed=2, device="cpu")  # no store: recomputed
+    assert not c.cached and c.layers == a.layers
 
 
 def test_ssft_tunes_only_the_critical_stage_and_gammas_survive_checkpoints(badnets_digits, tmp_path) -> None:

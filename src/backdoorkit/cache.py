@@ -16,6 +16,8 @@ The root is the caller's (``ArtifactCache(root)``, e.g. a spec's ``cache_dir``),
   and buffers) and every skip's ``gamma`` / ``beta`` (which are plain attributes, not in the state dict).
 * :class:`Memo` is the in-process counterpart for deterministic results that are not artefacts (SSFT's
   skip selection, Neural Cleanse's trigger search): a small LRU that hands out copies.
+  :meth:`ArtifactCache.put_json` stores such a result on disk where it is worth keeping across
+  processes (SSFT's selection inside the experiment runner).
 """
 
 from __future__ import annotations
@@ -150,6 +152,13 @@ class ArtifactCache:
             return json.loads(path.read_text())
         except (json.JSONDecodeError, OSError):
             return None
+
+    def put_json(self, kind: str, key: str, obj: dict[str, Any]) -> Path:
+        """Store a JSON-only entry ``kind/key.json`` (a result that is not tensors); read it with
+        :meth:`meta`."""
+        path = self._path(kind, key, ".json")
+        self._write_json(path, obj)
+        return path
 
     # ------------------------------------------------------------------ models
     def put_model(self, kind: str, key: str, model: nn.Module, meta: dict[str, Any] | None = None) -> Path:

@@ -29,15 +29,20 @@ Nothing here can see the evaluation attack, the test set, the poisoned mask or t
 :class:`ModelRepair` gives a defense only the model and the clean samples.  Selections are memoised
 in-process by content (model weights and gammas, clean-sample fingerprint, parameters, seed), so
 SSFT, SS and FT-Critical on the same model and data select once; ``info["selection"]["cached"]`` says
-when a result was reused (its ``seconds`` are those of the original run).
+when a result was reused (its ``seconds`` are those of the original run).  Inside
+:func:`selections_stored_in` (the experiment runner wraps every cell in it) a selection is also kept as
+JSON in the artefact cache (kind ``selection``, keyed by the same content), so cells run by other
+processes or in later sessions reuse it: at full width on a CPU the surrogate fine-tuning and scan take
+about two hours.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -46,7 +51,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from backdoorkit.analysis.skip_scan import DEFAULT_GAMMAS, critical_scores, scan_skips
-from backdoorkit.cache import Memo, model_digest
+from backdoorkit.cache import ArtifactCache, Memo, hash_key, model_digest
 from backdoorkit.data.fingerprint import fingerprint
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.data.splits import split_holdout
@@ -165,6 +170,31 @@ class Selection:
 
 
 _MEMO: Memo[Selection] = Memo(16)
+_STORE: ArtifactCache | None = None
+
+
+@contextlib.contextmanager
+def selections_stored_in(cache: ArtifactCache | None) -> Iterator[None]:
+    """Within the block, :func:`select_critical` also reads and writes its results as JSON entries of
+    ``cache`` (kind ``selection``); ``None`` keeps them in-process only (the default)."""
+    global _STORE
+    previous, _STORE = _STORE, cache
+    try:
+        yield
+    finally:
+        _STORE = previous
+
+
+def _stored_selection(key: str) -> Selection | None:
+    if _STORE is None:
+        return None
+    entry = _STORE.meta("selection", hash_key(key))
+    if entry is None:
+        return None
+    try:
+        return Selection(**entry)
+    except TypeError:  # written by another version of Selection: recompute
+        return None
 
 
 def surrogate_target(params: SelectParams, num_classes: int, seed: int) -> int:
@@ -254,6 +284,8 @@ def select_critical(
         default=str,
     )
     hit = _MEMO.get(key)
+    if hit is None and (hit := _stored_selection(key)) is not None:
+        _MEMO.put(key, hit)
     if hit is not None:
         hit.cached = True
         return hit
@@ -301,6 +333,8 @@ def select_critical(
     )
     sel.seconds = time.perf_counter() - start
     _MEMO.put(key, sel)
+    if _STORE is not None:
+        _STORE.put_json("selection", hash_key(key), asdict(sel))
     return sel
 
 

@@ -42,6 +42,7 @@ from torch import nn
 from backdoorkit.cache import ArtifactCache, hash_key
 from backdoorkit.data import ImageSet, load_dataset, resolve_count, split_holdout, stratified_indices
 from backdoorkit.data.fingerprint import fingerprint
+from backdoorkit.defenses._shortcut import selections_stored_in
 from backdoorkit.errors import one_line
 from backdoorkit.experiment.spec import NO_ATTACK, NO_DEFENSE, Cell, DatasetRef
 from backdoorkit.experiment.store import versions
@@ -426,7 +427,8 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
         elif job["kind"] == "backdoor":
             work.backdoored_model()
         else:
-            out.update(work.run())
+            with selections_stored_in(work.cache):  # SSFT-family selections outlive the process
+                out.update(work.run())
         out["status"] = "done"
     except Exception as exc:
         out = {"status": "failed", "error": one_line(exc), "traceback": traceback.format_exc()}
