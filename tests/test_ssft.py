@@ -168,6 +168,7 @@ def test_selection_persists_in_the_artefact_cache_only_when_asked(badnets_digits
     sc.clear_selection_cache()
     c = sc.select_critical(case["model"], case["clean"], p, seed=2, device="cpu")  # no store: recomputed
     assert not c.cached and c.layers == a.layers
+    assert len(list((tmp_path / "cache" / "selection").glob("*.json"))) == 1  # the docstring's "nothing"
 
 
 def test_ssft_tunes_only_the_critical_stage_and_gammas_survive_checkpoints(badnets_digits, tmp_path) -> None:
