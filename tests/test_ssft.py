@@ -370,3 +370,32 @@ def test_ssft_removes_the_backdoor_that_fine_tuning_leaves(outcomes) -> None:
     mean = sum(ssft) / len(ssft)
     for name in ("ft_fc", "ft_all", "ft_critical"):
         assert mean < sum(row[name]["asr"] for row in outcomes.values()) / len(ssft) - 0.3, name
+
+
+def test_surrogate_fine_tuning_stops_when_checks_stop_improving(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``surrogate_patience``: two checks in a row without a better surrogate end the fine-tuning (the
+    best check's state is what is kept); a surrogate that implants ends it at once; None never stops."""
+    from types import SimpleNamespace
+
+    scripted: list[tuple[float, float]] = []
+    monkeypatch.setattr(sc, "attack_success_rate", lambda *a, **k: scripted[0][0])
+    monkeypatch.setattr(sc, "benign_accuracy", lambda *a, **k: scripted.pop(0)[1])
+    model = nn.Linear(2, 2)
+
+    def run(checks: list[tuple[float, float]], **params: object) -> tuple[sc._SurrogateCheck, int]:
+        scripted[:] = checks
+        check = sc._SurrogateCheck(build_defense("ss", **params).params, None, None, ba0=0.9)
+        for epoch in range(1, 51):
+            if check.on_epoch_end(SimpleNamespace(epoch=epoch, model=model)):  # type: ignore[arg-type]
+                return check, epoch
+        return check, 50
+
+    stale = [(0.5, 0.8), (0.6, 0.8), (0.55, 0.8), (0.6, 0.75), (0.9, 0.9)]
+    check, stop = run(list(stale))
+    assert (stop, check.stopped, check.best[1]) == (20, "patience", 10)  # type: ignore[index]
+    check, stop = run(list(stale), surrogate_patience=None)
+    assert (stop, check.stopped, check.best[1]) == (25, "implanted", 25)  # type: ignore[index]
+    check, stop = run([(0.95, 0.88)])
+    assert (stop, check.stopped) == (5, "implanted")
+    with pytest.raises(ConfigError):
+        build_defense("ss", surrogate_patience=0)

@@ -17,10 +17,11 @@ Critical-layer selection (:func:`select_critical`) sees only the defender's clea
    0.9, constant rate) in one run checked every ``surrogate_check`` epochs (a
    :class:`~backdoorkit.train.Callback`) until the surrogate backdoor works (on the surrogate-eval
    part its ASR reaches ``surrogate_min_asr`` while its BA is at most ``surrogate_ba_drop`` below the
-   suspicious model's) or ``surrogate_epochs`` have run, keeping the checked state with the highest
-   ASR + BA - checks the defender makes on its own data, needed because on
-   ~100 images a few-shot surrogate backdoor may take only briefly (the copy then memorises the
-   poisoned rows), not at all (the scan is then noise), or only by damaging the copy's clean accuracy;
+   suspicious model's), ``surrogate_patience`` checks in a row have not bettered the best one, or
+   ``surrogate_epochs`` have run, keeping the checked state with the highest ASR + BA - checks the
+   defender makes on its own data, needed because on ~100 images a few-shot surrogate backdoor may
+   take only briefly (the copy then memorises the poisoned rows), not at all (the scan is then
+   noise), or only by damaging the copy's clean accuracy;
 4. scan its skips (:func:`backdoorkit.analysis.scan_skips`) on the surrogate-eval part with the
    surrogate trigger, and rank them with :func:`backdoorkit.analysis.critical_scores` (``score``);
 5. keep the ``k`` best.
@@ -83,7 +84,9 @@ class SelectParams(DefenseParams):
     rate 0.3 (0.1 and 0.2 did not implant reliably into a trained digits model from ~100 images), a
     seeded random surrogate target, 30 % of the clean samples kept for the surrogate scan, surrogate
     fine-tuning at lr 0.01, checked every 5 epochs, until its ASR reaches 0.9 with its BA at most 0.05
-    below the suspicious model's (at most 50 epochs).
+    below the suspicious model's (at most 50 epochs), or until 2 checks in a row (10 epochs) have not
+    bettered the best one (``surrogate_patience``: the state kept is the best check's either way; at
+    full width on a CPU the 40 epochs after the best check cost about 80 minutes).
     ``layers`` names the critical skip(s) instead of selecting (e.g. the official ``layer3.1``);
     ``candidates`` restricts the skips considered.
     """
@@ -102,6 +105,9 @@ class SelectParams(DefenseParams):
     surrogate_check: int = Field(5, ge=1, description="epochs between checks of the surrogate ASR")
     surrogate_min_asr: float = Field(0.9, ge=0, le=1, description="stop once the surrogate ASR reaches this")
     surrogate_ba_drop: float = Field(0.05, ge=0, le=1, description="... and its BA is at most this far down")
+    surrogate_patience: int | None = Field(
+        2, ge=1, description="stop after this many checks without a better surrogate (None: never)"
+    )
     surrogate_lr: float = Field(0.01, gt=0)
 
     @field_validator("layers", "candidates", "gammas", mode="before")
@@ -224,16 +230,20 @@ class _SurrogateCheck(Callback):
     """Every ``surrogate_check`` epochs (and after the last) of the surrogate fine-tuning: measure the
     surrogate's ASR and BA on the surrogate-eval part, keep the best state (highest ASR + BA), and stop
     once the surrogate backdoor works (ASR >= ``surrogate_min_asr``, BA at most ``surrogate_ba_drop``
-    below the suspicious model's ``ba0``)."""
+    below the suspicious model's ``ba0``) or ``surrogate_patience`` checks in a row have not bettered
+    the best one."""
 
     def __init__(self, params: SelectParams, attack: Any, sur_eval: ImageSet, ba0: float) -> None:
         self.params, self.attack, self.sur_eval, self.ba0 = params, attack, sur_eval, ba0
         self.history: list[dict[str, Any]] = []
         self.epochs = 0
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        self.stale = 0  # checks in a row that did not better the best one
+        self.stopped: str | None = None  # why it stopped early: "implanted" or "patience"
 
     def on_epoch_end(self, state: TrainState) -> bool:
         p, epochs = self.params, state.epoch
+        self.epochs = epochs
         if epochs % p.surrogate_check and epochs < p.surrogate_epochs:
             return False
         model = state.model
@@ -244,7 +254,14 @@ class _SurrogateCheck(Callback):
         self.history.append({"epochs": epochs, "asr": asr, "ba": ba})
         if self.best is None or asr + ba > self.best[0]:
             self.best = (asr + ba, epochs, copy.deepcopy(model.state_dict()))
-        return asr >= p.surrogate_min_asr and ba >= self.ba0 - p.surrogate_ba_drop
+            self.stale = 0
+        else:
+            self.stale += 1
+        if asr >= p.surrogate_min_asr and ba >= self.ba0 - p.surrogate_ba_drop:
+            self.stopped = "implanted"
+        elif p.surrogate_patience is not None and self.stale >= p.surrogate_patience:
+            self.stopped = "patience"
+        return self.stopped is not None
 
 
 def select_critical(
@@ -323,6 +340,7 @@ def select_critical(
             "poisoned": poisoned.count,
             "epochs": best[1] if best is not None else epochs,
             "epochs_run": epochs,
+            "stopped": check.stopped or "epochs",
             "asr_history": check.history,
             "implanted": bool(scan.baseline["asr"] >= params.surrogate_min_asr),
             "ba_before": check.ba0,
