@@ -85,8 +85,9 @@ class SelectParams(DefenseParams):
     seeded random surrogate target, 30 % of the clean samples kept for the surrogate scan, surrogate
     fine-tuning at lr 0.01, checked every 5 epochs, until its ASR reaches 0.9 with its BA at most 0.05
     below the suspicious model's (at most 50 epochs), or until 2 checks in a row (10 epochs) have not
-    bettered the best one (``surrogate_patience``: the state kept is the best check's either way; at
-    full width on a CPU the 40 epochs after the best check cost about 80 minutes).
+    bettered the best one (``surrogate_patience``: the state kept is the best check's either way; on
+    the full-width BadNets victim of ``ssft_scale_full`` the best check was epoch 10 of 50, so the rule
+    stops at 20 with the same surrogate, ~65 of the selection's 113 CPU minutes sooner).
     ``layers`` names the critical skip(s) instead of selecting (e.g. the official ``layer3.1``);
     ``candidates`` restricts the skips considered.
     """
