@@ -29,8 +29,10 @@ latent objectives (``objective``):
   six (digits, ResNet-18 width 8, seeds 0-5 on an Intel Xeon) off its phase-1 solution for good (BA
   48.5 %, ASR 76.5 % at the end); with the ramp all six end at BA 96-99 %, ASR 99-100 %.  Whether
   the backdoor then survives a head replacement still depends on the seed at this scale: on that Intel
-  machine, seeds 0 / 1 / 2 kept 99.4 / 4.3 / 100 % after replacement with the ramp (without it: the
-  collapsed victim / 99.1 / 29.7 %); the five-head figures above are from an AMD EPYC without the ramp.
+  machine, seeds 0-5 kept 99.4 / 4.3 / 100 / 8.0 / 83.0 / 74.6 % after replacement with the ramp
+  (seeds 0-2 without it: the collapsed victim / 99.1 / 29.7 %), so the five-head figures above, from
+  an AMD EPYC without the ramp, are the good end of a wide spread.  Five head epochs instead of three
+  made it worse (seeds 1 and 3: victims at BA 71.6 and 17.8 %).
 * ``centroid`` (Yao et al.'s feature matching): ``||stem(x_p) - c_t||^2 / ||c_t||^2`` with ``c_t`` the
   mean stem feature of the clean target-class images after phase 1 (fixed).  Measured on digits
   (ResNet-18 width 8): the triggered features end up nearer ``c_t`` than clean target images are, yet
