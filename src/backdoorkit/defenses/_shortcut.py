@@ -33,8 +33,8 @@ SSFT, SS and FT-Critical on the same model and data select once; ``info["selecti
 when a result was reused (its ``seconds`` are those of the original run).  Inside
 :func:`selections_stored_in` (the experiment runner wraps every cell in it) a selection is also kept as
 JSON in the artefact cache (kind ``selection``, keyed by the same content), so cells run by other
-processes or in later sessions reuse it: at full width on a CPU the surrogate fine-tuning and scan take
-about two hours.
+processes or in later sessions reuse it: at full width on a CPU the surrogate fine-tuning and scan took
+about two hours before the patience rule (about 50 minutes with it).
 """
 
 from __future__ import annotations
