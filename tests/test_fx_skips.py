@@ -11,13 +11,17 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from backdoorkit.attacks import build_attack
+from backdoorkit.data import ImageSet
 from backdoorkit.errors import ConfigError
+from backdoorkit.metrics import attack_success_rate, benign_accuracy
 from backdoorkit.models import (
     Composite,
     attach_skips,
     block_names,
     build_model,
     forward_stages,
+    get_betas,
     get_gammas,
     scaled_skips,
     set_gamma,
@@ -25,6 +29,7 @@ from backdoorkit.models import (
     split,
     stage_names,
 )
+from backdoorkit.pipeline import recipe_for, train_victim
 
 # ------------------------------------------------------------------------- torchvision-style ResNet
 
@@ -471,3 +476,59 @@ def test_split_with_torchvision_when_importable(x: torch.Tensor) -> None:
     stem, head = split(gm, "layer3.1")
     with torch.no_grad():
         assert torch.equal(head(stem(x)), gm(x))
+
+
+# ------------------------------------------------------------- structure attacks on traced models
+
+
+@pytest.mark.parametrize(
+    ("which", "name", "params", "skip"),
+    [
+        ("resnet", "badres", {"layer": 2}, "layer2.0"),
+        ("resnet", "badres", {"layer": -1, "alpha": 0.8}, "layer4.1"),
+        ("resnet", "badres_compare", {"layer": "layer3.1"}, "layer3.1"),
+        ("vit", "badres", {}, "blocks.0.attn"),
+        ("vit", "badres", {"layer": 1, "residual": "mlp"}, "blocks.1.mlp"),
+        ("vit", "badres_compare", {"layer": "blocks.1", "beta": 0.2}, "blocks.1.attn"),
+    ],
+)
+def test_badres_rewires_the_named_residual_of_a_traced_model(
+    which: str, name: str, params: dict, skip: str, resnet: TVResNet, vit: TimmViT, x: torch.Tensor
+) -> None:
+    """BadRes and its comparison structure address a model made addressable with ``attach_skips`` as
+    they address ours: the index counts its residuals (the attention ones of a transformer unless
+    ``residual="mlp"``), only that skip is rewired, and ``restore`` gives the traced model back."""
+    gm = attach_skips(resnet if which == "resnet" else vit)
+    attack = build_attack(name, **params)
+    with torch.no_grad():
+        ref = gm(x)
+    assert attack.attacked_skip(gm) == skip
+    attack.prepare_model(gm)
+    if name == "badres":
+        assert get_gammas(gm) == {skip: -params.get("alpha", 0.5)} and get_betas(gm) == {}
+    else:
+        assert get_betas(gm) == {skip: -params.get("beta", 0.5)} and get_gammas(gm) == {}
+    with torch.no_grad():
+        assert not torch.allclose(gm(x), ref)
+        attack.restore(gm)
+        assert get_gammas(gm) == {} and get_betas(gm) == {}
+        assert torch.equal(gm(x), ref)
+    with pytest.raises(ConfigError, match="no MLP residuals"):
+        build_attack("badres", residual="mlp").attacked_skip(attach_skips(copy.deepcopy(resnet)))
+
+
+def test_badres_implants_in_a_traced_resnet(digits_train: ImageSet, digits_test: ImageSet) -> None:
+    """BadRes trained into a torchvision-style ResNet made addressable with ``attach_skips`` (width 8,
+    the digits recipe, ``layer2.0`` as in tests/test_structure_attacks.py) reaches the issue's ASR."""
+    attack = build_attack("badres", layer=2)
+    cfg = recipe_for(digits_train).model_copy(update={"seed": 0})
+
+    def factory() -> nn.Module:
+        torch.manual_seed(0)
+        return attach_skips(TVResNet(width=8, in_channels=1).eval())
+
+    model = train_victim(attack, factory, attack.poison(digits_train, seed=0), cfg)
+    assert get_gammas(model) == {"layer2.0": -0.5}
+    ba, asr = benign_accuracy(model, digits_test), attack_success_rate(model, digits_test, attack)
+    print(f"\nbadres traced TVResNet layer2.0: BA {100 * ba:.1f} %, ASR {100 * asr:.1f} %")
+    assert asr >= 0.9 and ba >= 0.9, (ba, asr)
