@@ -617,3 +617,64 @@ def test_a_repair_with_a_verdict_reports_its_own_verdict_metrics_once(tmp_path: 
     assert "| NC unlearning | digits / badnets | 3.6 | 100.0 |" in repair
     inspection = md[md.index("## Inspection") :]
     assert "| Neural Cleanse | digits / badnets | 100.0 |" in inspection
+
+
+def _sweep_db(tmp_path: Path) -> Path:
+    """BadRes rows as a sweep spec writes them: the reference (alpha 0.5, layer 0), an alpha sweep, a
+    layer sweep, two seeds of one point; a two-point comparison-structure 'sweep'; a 'none' row."""
+    path = tmp_path / "sweeps.db"
+    store = ResultStore(path)
+    base = {"alpha": 0.5, "layer": 0, "rate": 0.1, "target": 0, "residual": "attn", "size": None}
+    points = [
+        ("BadRes", "badres", {}, 0, 0.95, 0.99),
+        ("BadRes", "badres", {}, 1, 0.93, 0.97),
+        ("BadRes alpha 0.2", "badres", {"alpha": 0.2}, 0, 0.94, 0.90),
+        ("BadRes alpha 0.8", "badres", {"alpha": 0.8}, 0, 0.96, 1.00),
+        ("BadRes k=3", "badres", {"layer": 3}, 0, 0.95, 0.98),
+        ("BadRes k=5", "badres", {"layer": 5}, 0, 0.94, 0.60),
+        ("BadRes mlp", "badres", {"residual": "mlp"}, 0, 0.94, 0.99),
+        ("Compare beta 0.2", "badres_compare", {"beta": 0.2}, 0, 0.90, 0.70),
+        ("Compare beta 0.8", "badres_compare", {"beta": 0.8}, 0, 0.88, 0.80),
+    ]
+    i = 0
+    for defense in ("none", "ft"):
+        for label, method, change, seed, ba, asr in points:
+            params = {**base, **change}
+            if method == "badres_compare":
+                params = {k: v for k, v in params.items() if k != "alpha"} | {"beta": change["beta"]}
+            identity = {"attack": {"name": method, "params": params}}
+            add_row(
+                store, i, defense=defense, defense_name=defense, defense_kind="none" if defense == "none"
+                else "repair", attack=label, attack_name=method, seed=seed, ba=ba,
+                asr=asr if defense == "none" else asr / 2, cell=json.dumps({"identity": identity}),
+            )  # fmt: skip
+            i += 1
+    add_row(store, i, defense="none", defense_kind="none", attack="none", attack_name="none", ba=0.96)
+    store.close()
+    return path
+
+
+def test_sweeps_are_found_from_the_stored_attack_parameters(tmp_path: Path) -> None:
+    from backdoorkit.experiment.sweeps import find_sweeps
+
+    sweeps = {(s.method, s.key): s for s in find_sweeps(load_rows(_sweep_db(tmp_path)))}
+    # the reference row is a point of both sweeps; two beta values and the mlp row are no sweep
+    assert set(sweeps) == {("badres", "alpha"), ("badres", "layer")}
+    alpha = sweeps[("badres", "alpha")]
+    assert alpha.values == [0.2, 0.5, 0.8] and alpha.fixed["layer"] == 0
+    assert {p["defense"] for p in alpha.points} == {"none", "ft"} and len(alpha.points) == 6
+    ref = next(p for p in alpha.points if p["x"] == 0.5 and p["defense"] == "none")
+    assert ref["ba"] == pytest.approx(0.94) and ref["asr"] == pytest.approx(0.98)  # mean over seeds
+    assert ref["attacks"] == ["BadRes"]
+    k5 = next(p for p in sweeps[("badres", "layer")].points if p["x"] == 5 and p["defense"] == "ft")
+    assert k5["asr"] == pytest.approx(0.30) and sweeps[("badres", "layer")].values == [0, 3, 5]
+    two = {(s.method, s.key) for s in find_sweeps(load_rows(tmp_path / "sweeps.db"), min_points=2)}
+    assert ("badres_compare", "beta") in two
+
+
+def test_report_draws_a_figure_per_sweep(tmp_path: Path) -> None:
+    out = write_report(_sweep_db(tmp_path), tmp_path / "report", formats=("md", "html"))
+    names = {p.name for p in out.values()}
+    assert {"sweep_digits_resnet18-w8_badres_alpha.png", "sweep_digits_resnet18-w8_badres_layer.png"} <= names
+    assert not any(n.startswith("sweep_") and "compare" in n for n in names)
+    assert "sweep_digits_resnet18-w8_badres_alpha.png" in out["md"].read_text()

@@ -22,7 +22,9 @@ column per metric (fractions of :data:`PERCENT` in %, others as recorded); an in
 counts as the metrics ``infected`` and ``target_correct``.  The CSV has every metric (the quantised
 ASR, recorded for every row, only there).  Skipped combinations are listed with their reasons and
 failed cells with their error line.  Figures (:mod:`backdoorkit.viz.report_figures`): BA / ASR bars
-per column group and, when a defense recorded a skip scan (``info["scan"]``), its skip-scan curves.
+per column group; when a defense recorded a skip scan (``info["scan"]``), its skip-scan curves; and
+for each attack parameter sweep among the cells (:mod:`backdoorkit.experiment.sweeps`), BA / ASR
+against the swept value, one pair of lines per defense.
 
 Paper numbers (:func:`load_paper`): a ``<spec>.paper.yaml`` file (one source of truth per
 reproduction, next to its spec)::
@@ -986,6 +988,24 @@ def write_figures(table: ReportTable, out: Path) -> list[Path]:
             )
         except (KeyError, TypeError, ValueError):  # rows not in the {skip, gamma, ba, asr} shape
             continue
+    paths.extend(write_sweep_figures(table, out))
+    return paths
+
+
+def write_sweep_figures(table: ReportTable, out: Path) -> list[Path]:
+    """BA / ASR against the swept value for each attack parameter sweep in the results
+    (:func:`backdoorkit.experiment.sweeps.find_sweeps`), one pair of lines per defense."""
+    from backdoorkit.experiment.sweeps import find_sweeps
+    from backdoorkit.viz.curves import plot_sweep
+
+    order = {d: i for i, d in enumerate(table.defenses)}
+    paths = []
+    for sw in find_sweeps(table.rows):
+        points = sorted(sw.points, key=lambda p: (order.get(p["defense"], len(order)), p["x"]))
+        name = "_".join(_slug(t) for t in (sw.dataset, sw.model, sw.method, sw.key))
+        paths.append(
+            plot_sweep(points, "x", out / f"sweep_{name}.png", group="defense", title=sw.title, xlabel=sw.key)
+        )
     return paths
 
 

@@ -106,7 +106,8 @@ def plot_sweep(
     reverse_x: bool = False,
     log_x: bool = False,
 ) -> Path:
-    """One panel of ``series`` (fractions, drawn in %) against column ``x``; one line per ``group`` value."""
+    """One panel of ``series`` (fractions, drawn in %) against column ``x``; one line per ``group`` value
+    and series (a colour per group; BA solid with circles, ASR dashed with squares)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     groups: list[Any] = []
@@ -122,14 +123,14 @@ def plot_sweep(
         for s in series:
             marker, color = styles.get(s, ("^-", None))
             label = s.upper() if key is None else f"{s.upper()} {key}"
-            alpha = 1.0 if len(groups) == 1 else 0.4 + 0.6 * (gi + 1) / len(groups)
+            alpha = 1.0 if len(groups) == 1 else 0.85
             ax.plot(
                 xs,
                 [_pct(r.get(s)) for r in mine],
                 marker,
                 ms=3,
                 label=label,
-                color=color if len(groups) == 1 else None,
+                color=color if len(groups) == 1 else f"C{gi % 10}",
                 alpha=alpha,
             )
     if reverse_x:
