@@ -662,11 +662,11 @@ def test_sweeps_are_found_from_the_stored_attack_parameters(tmp_path: Path) -> N
     assert set(sweeps) == {("badres", "alpha"), ("badres", "layer")}
     alpha = sweeps[("badres", "alpha")]
     assert alpha.values == [0.2, 0.5, 0.8] and alpha.fixed["layer"] == 0
-    assert {p["defense"] for p in alpha.points} == {"none", "ft"} and len(alpha.points) == 6
-    ref = next(p for p in alpha.points if p["x"] == 0.5 and p["defense"] == "none")
+    assert {p["line"] for p in alpha.points} == {"none", "ft"} and len(alpha.points) == 6
+    ref = next(p for p in alpha.points if p["x"] == 0.5 and p["line"] == "none")
     assert ref["ba"] == pytest.approx(0.94) and ref["asr"] == pytest.approx(0.98)  # mean over seeds
-    assert ref["attacks"] == ["BadRes"]
-    k5 = next(p for p in sweeps[("badres", "layer")].points if p["x"] == 5 and p["defense"] == "ft")
+    assert ref["labels"] == ["BadRes"]
+    k5 = next(p for p in sweeps[("badres", "layer")].points if p["x"] == 5 and p["line"] == "ft")
     assert k5["asr"] == pytest.approx(0.30) and sweeps[("badres", "layer")].values == [0, 3, 5]
     two = {(s.method, s.key) for s in find_sweeps(load_rows(tmp_path / "sweeps.db"), min_points=2)}
     assert ("badres_compare", "beta") in two
@@ -678,3 +678,31 @@ def test_report_draws_a_figure_per_sweep(tmp_path: Path) -> None:
     assert {"sweep_digits_resnet18-w8_badres_alpha.png", "sweep_digits_resnet18-w8_badres_layer.png"} <= names
     assert not any(n.startswith("sweep_") and "compare" in n for n in names)
     assert "sweep_digits_resnet18-w8_badres_alpha.png" in out["md"].read_text()
+
+
+def test_a_defense_parameter_sweep_has_a_line_per_attack(tmp_path: Path) -> None:
+    from backdoorkit.experiment.sweeps import find_sweeps
+
+    store = ResultStore(tmp_path / "d.db")
+    i = 0
+    for attack in ("badnets", "blended"):
+        for gamma in (0.0, 0.2, 0.5, 1.0):
+            identity = {"defense": {"name": "ssft", "params": {"gamma": gamma, "epochs": 10}}}
+            add_row(
+                store, i, defense=f"ssft gamma={gamma}", defense_name="ssft", defense_kind="repair",
+                attack=attack, attack_name=attack, ba=0.9, asr=gamma, cell=json.dumps({"identity": identity}),
+            )  # fmt: skip
+            i += 1
+    store.close()
+    rows = load_rows(tmp_path / "d.db")
+    assert find_sweeps(rows) == []  # no attack parameters stored
+    (sweep,) = find_sweeps(rows, side="defense")
+    assert (sweep.method, sweep.key, sweep.values, sweep.fixed) == (
+        "ssft",
+        "gamma",
+        [0, 0.2, 0.5, 1],
+        {"epochs": 10},
+    )
+    assert {p["line"] for p in sweep.points} == {"badnets", "blended"}
+    out = write_report(tmp_path / "d.db", tmp_path / "report", formats=("md",))
+    assert "sweep_digits_resnet18-w8_ssft_gamma.png" in {p.name for p in out.values()}

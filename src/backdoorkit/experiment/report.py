@@ -993,19 +993,20 @@ def write_figures(table: ReportTable, out: Path) -> list[Path]:
 
 
 def write_sweep_figures(table: ReportTable, out: Path) -> list[Path]:
-    """BA / ASR against the swept value for each attack parameter sweep in the results
-    (:func:`backdoorkit.experiment.sweeps.find_sweeps`), one pair of lines per defense."""
+    """BA / ASR against the swept value for each parameter sweep in the results
+    (:func:`backdoorkit.experiment.sweeps.find_sweeps`): attack sweeps with a pair of lines per
+    defense, defense sweeps with a pair per attack."""
     from backdoorkit.experiment.sweeps import find_sweeps
     from backdoorkit.viz.curves import plot_sweep
 
     order = {d: i for i, d in enumerate(table.defenses)}
     paths = []
-    for sw in find_sweeps(table.rows):
-        points = sorted(sw.points, key=lambda p: (order.get(p["defense"], len(order)), p["x"]))
-        name = "_".join(_slug(t) for t in (sw.dataset, sw.model, sw.method, sw.key))
-        paths.append(
-            plot_sweep(points, "x", out / f"sweep_{name}.png", group="defense", title=sw.title, xlabel=sw.key)
-        )
+    for side in ("attack", "defense"):
+        for sw in find_sweeps(table.rows, side=side):
+            points = sorted(sw.points, key=lambda p: (order.get(p["line"], len(order)), p["line"], p["x"]))
+            name = "_".join(_slug(t) for t in (sw.dataset, sw.model, sw.method, sw.key))
+            path = out / f"sweep_{name}.png"
+            paths.append(plot_sweep(points, "x", path, group="line", title=sw.title, xlabel=sw.key))
     return paths
 
 

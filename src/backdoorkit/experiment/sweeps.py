@@ -4,9 +4,11 @@ A spec that lists one attack several times with one numeric parameter changed (B
 0.5 / 0.8, at residual index 0 / 3 / 5, at poison rate 0.025 ... 0.2, at target 0 / 1 / 2 / 4 / 8) is
 a sweep, whatever the rows are labelled: :func:`find_sweeps` reads the attack parameters each finished
 cell stored in its identity (defaults included), so the reference row of the spec (``BadRes``,
-alpha 0.5, index 0) is a point of every sweep it belongs to.  The report draws each sweep as BA / ASR
-curves against the swept value, one pair of lines per defense: the shape the BadRes paper shows in its
-Table 3 and Figs. 8-9, and SSFT in its Figs. 3-5.
+alpha 0.5, index 0) is a point of every sweep it belongs to.  The same holds for a defense run at
+several values of one parameter (SSFT's decay factor, sample count or epochs: its Figs. 3-5).  The
+report draws each sweep as BA / ASR curves against the swept value: an attack sweep with a pair of
+lines per defense (the shape of the BadRes paper's Table 3 and Figs. 8-9), a defense sweep with a pair
+per attack.
 """
 
 from __future__ import annotations
@@ -15,23 +17,28 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 MIN_POINTS = 3
 """Distinct values of the swept parameter for a sweep (two points are a comparison, not a curve)."""
 
 
+Side = Literal["attack", "defense"]
+
+
 @dataclass
 class Sweep:
-    """One attack method swept over one parameter in one (dataset, model) setting.
+    """One attack (or defense) method swept over one parameter in one (dataset, model) setting.
 
-    ``points``: one dict per (value, defense) with ``x``, ``defense``, ``ba``, ``asr`` (fractions, the
-    mean over seeds; ``None`` where a cell has no such metric) and ``attacks`` (the row labels).
+    ``points``: one dict per (value, line) with ``x``, ``line`` (the other side's row label: the
+    defense for an attack sweep, the attack for a defense sweep), ``ba``, ``asr`` (fractions, the mean
+    over seeds; ``None`` where a cell has no such metric) and ``labels`` (the swept side's row labels).
     ``fixed``: the method's other parameters, the same for every point.
     """
 
     dataset: str
     model: str
+    side: Side
     method: str
     key: str
     points: list[dict[str, Any]] = field(default_factory=list)
@@ -60,13 +67,13 @@ def _number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
-def _attack_params(row: Mapping[str, Any]) -> dict[str, Any] | None:
+def _params(row: Mapping[str, Any], side: Side) -> dict[str, Any] | None:
     cell = row.get("cell")
     identity = cell.get("identity") if isinstance(cell, Mapping) else None
-    attack = identity.get("attack") if isinstance(identity, Mapping) else None
-    if not isinstance(attack, Mapping) or not isinstance(attack.get("params"), Mapping):
+    method = identity.get(side) if isinstance(identity, Mapping) else None
+    if not isinstance(method, Mapping) or not isinstance(method.get("params"), Mapping):
         return None
-    return _flat(attack["params"])
+    return _flat(method["params"])
 
 
 def _key(d: Mapping[str, Any]) -> str:
@@ -78,19 +85,22 @@ def _mean(values: Iterable[Any]) -> float | None:
     return sum(got) / len(got) if got else None
 
 
-def find_sweeps(rows: Iterable[Mapping[str, Any]], *, min_points: int = MIN_POINTS) -> list[Sweep]:
-    """The sweeps among finished rows: per (dataset, model, attack method), each numeric attack parameter
-    that takes at least ``min_points`` values while every other parameter stays the same.
+def find_sweeps(
+    rows: Iterable[Mapping[str, Any]], *, side: Side = "attack", min_points: int = MIN_POINTS
+) -> list[Sweep]:
+    """The sweeps among finished rows: per (dataset, model, method of ``side``), each numeric parameter
+    of that method that takes at least ``min_points`` values while every other parameter stays the same.
 
-    Rows of model inspectors (no BA / ASR of their own) and rows without stored attack parameters (the
-    ``none`` attack, databases written before identities were stored) are left out.
+    Rows of model inspectors (no BA / ASR of their own), of the ``none`` attack or defense, and rows
+    without stored parameters (databases written before identities were stored) are left out.
     """
+    other = "defense" if side == "attack" else "attack"
     settings: dict[tuple[str, str, str], list[tuple[dict[str, Any], Mapping[str, Any]]]] = {}
     for r in rows:
         if r.get("status") != "done" or r.get("defense_kind") == "inspector":
             continue
-        params = _attack_params(r)
-        method = r.get("attack_name")
+        params = _params(r, side)
+        method = r.get(f"{side}_name")
         if not params or not method or method == "none":
             continue
         settings.setdefault((str(r["dataset"]), str(r["model"]), str(method)), []).append((params, r))
@@ -108,18 +118,18 @@ def find_sweeps(rows: Iterable[Mapping[str, Any]], *, min_points: int = MIN_POIN
                     continue
                 cells: dict[tuple[float, str], list[Mapping[str, Any]]] = {}
                 for params, r in group:
-                    cells.setdefault((float(params[key]), str(r["defense"])), []).append(r)
+                    cells.setdefault((float(params[key]), str(r[other])), []).append(r)
                 points = [
                     {
                         "x": x,
-                        "defense": defense,
+                        "line": line,
                         "ba": _mean(r.get("ba") for r in rs),
                         "asr": _mean(r.get("asr") for r in rs),
-                        "attacks": sorted({str(r["attack"]) for r in rs}),
+                        "labels": sorted({str(r[side]) for r in rs}),
                     }
-                    for (x, defense), rs in cells.items()
+                    for (x, line), rs in cells.items()
                 ]
-                points.sort(key=lambda p: (p["defense"], p["x"]))
+                points.sort(key=lambda p: (p["line"], p["x"]))
                 fixed = {k: v for k, v in group[0][0].items() if k != key}
-                sweeps.append(Sweep(dataset, model, method, key, points, fixed))
+                sweeps.append(Sweep(dataset, model, side, method, key, points, fixed))
     return sweeps
