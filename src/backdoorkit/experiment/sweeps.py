@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from backdoorkit.experiment.spec import _flat_items
+
 MIN_POINTS = 3
 """Distinct values of the swept parameter for a sweep (two points are a comparison, not a curve)."""
 
@@ -53,16 +55,6 @@ class Sweep:
         return f"{self.dataset} / {self.model}: {self.method} vs {self.key}"
 
 
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
 
@@ -73,7 +65,7 @@ def _params(row: Mapping[str, Any], side: Side) -> dict[str, Any] | None:
     method = identity.get(side) if isinstance(identity, Mapping) else None
     if not isinstance(method, Mapping) or not isinstance(method.get("params"), Mapping):
         return None
-    return _flat(method["params"])
+    return _flat_items(dict(method["params"]))
 
 
 def _key(d: Mapping[str, Any]) -> str:
