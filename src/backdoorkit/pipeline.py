@@ -40,6 +40,7 @@ from torch import nn
 from backdoorkit.data.imageset import ImageSet
 from backdoorkit.errors import ConfigError
 from backdoorkit.models.registry import build_model, model_args
+from backdoorkit.seeding import seeded
 from backdoorkit.train import TrainConfig, fit, train_config
 
 if TYPE_CHECKING:
@@ -119,14 +120,16 @@ def train_victim(
     model_factory, poisoned, config)`` (default: ``prepare_model`` + :func:`~backdoorkit.train.fit`;
     attacks that control training override it).  With ``attack=None`` or a plain
     :class:`ImageSet`: clean training, ``fit(model_factory(), data, config)``.  ``config`` is used as
-    given (its ``seed`` included).
+    given (its ``seed`` included), and torch's global generators are seeded with it for the call
+    (:func:`backdoorkit.seeding.seeded`), so what an attack draws outside ``fit`` is reproducible.
     """
-    if attack is not None and not isinstance(poisoned, ImageSet):
-        return attack.train_victim(model_factory, poisoned, config)
-    data = poisoned if isinstance(poisoned, ImageSet) else poisoned.data
-    model = model_factory()
-    fit(model, data, config)
-    return model.eval()
+    with seeded(config.seed):
+        if attack is not None and not isinstance(poisoned, ImageSet):
+            return attack.train_victim(model_factory, poisoned, config)
+        data = poisoned if isinstance(poisoned, ImageSet) else poisoned.data
+        model = model_factory()
+        fit(model, data, config)
+        return model.eval()
 
 
 def train_model(

@@ -25,7 +25,10 @@ Every kind has the same two entry points, so the experiment runner and the CLI n
   (It is called ``evaluate``, not ``score``, because ``InputDetector.score(x)`` is a detector's
   per-input suspicion, the name the detection literature and our detectors use.)
 
-Hyper-parameters are validated pydantic ``Params`` (unknown keys are errors).
+Hyper-parameters are validated pydantic ``Params`` (unknown keys are errors).  ``run``, ``repair`` and
+``train`` run the method with torch's global random generators seeded with the seed they are given
+(:func:`backdoorkit.seeding.seeded`): its result depends on its inputs and that seed, not on what the
+process did before.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from torch import nn
 from backdoorkit.data.imageset import ImageSet, to_pixels
 from backdoorkit.errors import ScenarioError, config_error
 from backdoorkit.scenarios import Scenario, needs_text
+from backdoorkit.seeding import seeded
 from backdoorkit.train import TrainConfig
 
 SCORE_CHUNK = 512
@@ -151,7 +155,8 @@ class Defense(ABC):
         if scenario not in self.scenarios:
             raise ScenarioError(f"{self.name} needs {needs_text(self.scenarios)}, not {scenario.value}")
         start = time.perf_counter()
-        result = self._run(inputs)
+        with seeded(inputs.seed):
+            result = self._run(inputs)
         result.seconds = result.seconds or time.perf_counter() - start
         return result
 
@@ -196,7 +201,8 @@ class ModelRepair(Defense):
         """Return a repaired copy of ``model`` (the argument is not modified)."""
         start = time.perf_counter()
         work = copy.deepcopy(model)
-        result = self._repair(work, clean, seed=seed, device=device)
+        with seeded(seed):
+            result = self._repair(work, clean, seed=seed, device=device)
         result.seconds = time.perf_counter() - start
         return result
 
@@ -227,7 +233,8 @@ class RobustTraining(Defense):
         if holdout is None and Scenario.S3 not in self.scenarios:
             raise ScenarioError(f"{self.name} needs a clean holdout set (scenario S2)")
         start = time.perf_counter()
-        result = self._train(untrusted, holdout, model_factory=model_factory, config=config, seed=seed)
+        with seeded(seed):
+            result = self._train(untrusted, holdout, model_factory=model_factory, config=config, seed=seed)
         result.seconds = time.perf_counter() - start
         if result.isolated is not None:
             iso = torch.as_tensor(result.isolated).cpu()
