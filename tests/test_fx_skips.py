@@ -519,9 +519,10 @@ def test_badres_rewires_the_named_residual_of_a_traced_model(
 
 def test_badres_implants_in_a_traced_resnet(digits_train: ImageSet, digits_test: ImageSet) -> None:
     """BadRes trained into a torchvision-style ResNet made addressable with ``attach_skips`` (width 8,
-    the digits recipe, ``layer2.0`` as in tests/test_structure_attacks.py) reaches the issue's ASR."""
+    the digits recipe shortened to 5 epochs, ``layer2.0`` as in tests/test_structure_attacks.py) reaches
+    the issue's ASR."""
     attack = build_attack("badres", layer=2)
-    cfg = recipe_for(digits_train).model_copy(update={"seed": 0})
+    cfg = recipe_for(digits_train, epochs=5).model_copy(update={"seed": 0})
 
     def factory() -> nn.Module:
         torch.manual_seed(0)
