@@ -23,8 +23,8 @@ counts as the metrics ``infected`` and ``target_correct``.  The CSV has every me
 ASR, recorded for every row, only there).  Skipped combinations are listed with their reasons and
 failed cells with their error line.  Figures (:mod:`backdoorkit.viz.report_figures`): BA / ASR bars
 per column group; when a defense recorded a skip scan (``info["scan"]``), its skip-scan curves; and
-for each attack parameter sweep among the cells (:mod:`backdoorkit.experiment.sweeps`), BA / ASR
-against the swept value, one pair of lines per defense.
+for each parameter sweep among the cells (:mod:`backdoorkit.experiment.sweeps`), BA / ASR against the
+swept value: an attack sweep with a pair of lines per defense, a defense sweep with a pair per attack.
 
 Paper numbers (:func:`load_paper`): a ``<spec>.paper.yaml`` file (one source of truth per
 reproduction, next to its spec)::
