@@ -458,3 +458,49 @@ def test_a_parameter_added_at_its_default_keeps_finished_cells(tmp_path: Path, s
     new["attack"]["params"]["clean_label"] = False
     new["attack"]["params"]["alpha"] = 0.5
     assert not stands_for(old, new)
+
+
+def test_finetuned_victims_start_from_the_clean_model(tmp_path: Path, shared_cache: Path) -> None:
+    """A model's ``finetune`` makes the victim the clean reference model fine-tuned on the poisoned set
+    (the pretrained setting of BadRes's paper): the clean model is trained once and shared with the
+    scratch-trained cells, whose hashes do not change; zero fine-tuning epochs give the clean model back."""
+    model = {"arch": "resnet18", "width": 4}
+    scratch = tiny(tmp_path, "scratch.yaml", models=[model])
+    still = tiny(tmp_path, "still.yaml", models=[{**model, "finetune": {"epochs": 0}}])
+    tuned = tiny(tmp_path, "tuned.yaml", models=[{**model, "finetune": {"epochs": 1, "lr": 0.01}}])
+    hashes = {p.stem: plan_of(p).cells[0].hash for p in (scratch, still, tuned)}
+    assert len(set(hashes.values())) == 3
+    assert "finetune" not in plan_of(scratch).cells[0].model
+
+    run_experiment(scratch, db=tmp_path / "scratch.db", cache_dir=shared_cache, quiet=True)
+    before = fit_calls()
+    run_experiment(still, db=tmp_path / "still.db", cache_dir=shared_cache, quiet=True)
+    run_experiment(tuned, db=tmp_path / "tuned.db", cache_dir=shared_cache, quiet=True)
+    assert fit_calls() - before == 2  # one fine-tuning each, the clean model came from the cache
+    (base,), (same,), (moved,) = (rows(tmp_path / f"{n}.db") for n in ("scratch", "still", "tuned"))
+    assert same["status"] == moved["status"] == "done"
+    assert same["clean_ba"] == moved["clean_ba"] == base["clean_ba"]
+
+    from backdoorkit.cache import ArtifactCache
+    from backdoorkit.experiment.stages import CellWork
+
+    def weights(spec: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        work = CellWork(plan_of(spec).cells[0], ArtifactCache(shared_cache))
+        clean, victim = work.clean_model()[0], work.backdoored_model()[0]
+        return nn.utils.parameters_to_vector(clean.parameters()), nn.utils.parameters_to_vector(
+            victim.parameters()
+        )
+
+    clean, from_scratch = weights(scratch)
+    assert torch.equal(weights(still)[1], clean)  # zero epochs: the clean model itself
+    fine_tuned = weights(tuned)[1]
+    assert not torch.equal(fine_tuned, clean)
+    assert (fine_tuned - clean).norm() < 0.5 * (from_scratch - clean).norm()  # it started from the clean one
+
+
+def test_a_bad_finetune_setting_is_one_clear_error(tmp_path: Path) -> None:
+    from backdoorkit.errors import ConfigError
+
+    spec = tiny(tmp_path, models=[{"arch": "resnet18", "width": 4, "finetune": {"optimiser": "adam"}}])
+    with pytest.raises(ConfigError, match=r"models\[0\]\.finetune"):
+        plan_of(spec)

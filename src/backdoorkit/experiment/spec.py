@@ -5,7 +5,8 @@ parameters, the clean-data fraction, seeds and where things go::
 
     name: example
     datasets: [digits]                 # registered names or paths; {name, subset, test_subset, ...}
-    models: [{arch: resnet18, width: 8}]
+    models: [{arch: resnet18, width: 8}]   # + finetune: {epochs: 3, lr: 1e-4}: victims fine-tuned
+                                           #   from the clean model instead of trained from scratch
     train: {epochs: 4}                 # TrainConfig fields over the dataset's recipe
     attacks:
       - badnets
@@ -122,6 +123,12 @@ class ModelEntry(_Strict):
     width: int | list[int] | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides for this model")
+    finetune: dict[str, Any] | None = Field(
+        None,
+        description="victims start from the clean reference model and are fine-tuned on the poisoned set "
+        "with these TrainConfig overrides over the training config (a pretrained model, as BadRes's "
+        "paper); None: victims train from scratch",
+    )
     label: str | None = None
 
 
@@ -494,6 +501,8 @@ def check_spec(spec: Spec) -> None:
                 )
         _check_model_values(i, m)
         _check_train(f"models[{i}].train", m.train)
+        if m.finetune is not None:
+            _check_train(f"models[{i}].finetune", m.finetune)
     for i, a in enumerate(spec.attacks):
         if a.name.lower() == NO_ATTACK:
             continue
@@ -870,6 +879,8 @@ def _model_variants(spec: Spec) -> list[_Variant]:
             train = {**spec_train, **model_train}
             base = m.label or (f"{arch}-w{width}" if width is not None else arch)
             model = {"arch": arch, "width": width, "kwargs": kwargs}
+            if m.finetune is not None:  # only when set: scratch-trained cells keep their hashes
+                model["finetune"] = canonical(m.finetune)
             varied = {k: v for k, v in varied.items() if k != "width"} if m.label is None else {}
             label = _label(base, varied) if m.label is None else m.label
             ident = {"model": model, "train": train}

@@ -10,7 +10,10 @@ Stages and their cache entries (:class:`~backdoorkit.cache.ArtifactCache` kinds)
 3. ``poison`` (kind ``poisoned``: tensors ``x``, ``y``, ``mask``): the attack applied to the rest;
    key = data fingerprint + attack (all parameters) + seed;
 4. ``backdoor_model`` (kind ``backdoored_model``): the victim's model trained on the poisoned set;
-   key = poisoned key + model + training config + seed;
+   key = poisoned key + model + training config + seed.  With the model's ``finetune`` set, the victim
+   is instead a copy of the clean reference model (stage 2) fine-tuned on the poisoned set with the
+   training config + ``finetune``, as a pretrained model is (key = poisoned key + clean key + that
+   config + seed); the attack's own victim training (a rewired residual, say) applies to the copy;
 5. ``defense``: ``Defense.run(DefenseInputs)`` for every kind (cache kinds ``defended_model`` +
    ``defended_extra`` for repaired / retrained models and their isolated rows, ``verdict`` for
    inspectors; a fitted detector is cheap and is refitted); key = its inputs' keys + holdout
@@ -27,6 +30,7 @@ only in step 6, after the defense has run; what each kind reports is documented 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
 import shutil
@@ -112,10 +116,11 @@ class CellWork:
                 self._data = (rest, holdout, test)
         return self._data
 
-    def config(self, data: ImageSet) -> Any:
+    def config(self, data: ImageSet, **overrides: Any) -> Any:
         from backdoorkit.pipeline import recipe_for
 
-        return recipe_for(data, **self.cell.train, seed=self.cell.seed, device=self.cell.device)
+        train = {**self.cell.train, **overrides}
+        return recipe_for(data, **train, seed=self.cell.seed, device=self.cell.device)
 
     def build(self, data: ImageSet) -> nn.Module:
         """A fresh model of the cell's architecture for ``data`` (an attack's ``train_victim`` may change
@@ -125,22 +130,33 @@ class CellWork:
         m = self.cell.model
         return make_model(m["arch"], data, width=m["width"], seed=self.cell.seed, **dict(m["kwargs"]))
 
+    def _architecture(self) -> dict[str, Any]:
+        """The cell's model without its fine-tuning setting: what the clean reference model depends on."""
+        return {k: v for k, v in self.cell.model.items() if k != "finetune"}
+
     def _load(self, kind: str, key: str) -> nn.Module | None:
         """A cached model rebuilt from its sidecar; ``None`` only when there is none.  A cached file that
         cannot be rebuilt is an error (a silent miss would retrain and overwrite it)."""
         return self.cache.get_model(kind, key, device=self.device)
 
-    def _train(self, key: str, data: Any, attack: Any = None) -> nn.Module:
+    def _train(
+        self, key: str, data: Any, attack: Any = None, *, start: nn.Module | None = None, config: Any = None
+    ) -> nn.Module:
         """Train the victim (``data`` a PoisonedSet, or the clean ImageSet) as its attack trains it,
-        snapshotting each epoch to ``<cache>/partial/<key>`` so that an interrupted run resumes there
+        from a fresh model or from a copy of ``start`` (fine-tuning, with ``config``), snapshotting each
+        epoch to ``<cache>/partial/<key>`` so that an interrupted run resumes there
         (:mod:`backdoorkit.resume`); :meth:`_stored` removes the folder once the model is cached."""
         from backdoorkit.pipeline import train_victim
 
         plain = data.data if hasattr(data, "mask") else data
+
+        def factory() -> nn.Module:
+            return self.build(plain) if start is None else copy.deepcopy(start).train()
+
         if any(self._partial(key).glob("fit-*.pt")):
             self.resumed.append("backdoor_model" if attack is not None else "clean_model")
         with resumable_training(self._partial(key), keep=True):
-            model = train_victim(attack, lambda: self.build(plain), data, self.config(plain))
+            model = train_victim(attack, factory, data, config or self.config(plain))
         return model.to(self.device).eval()
 
     def _partial(self, key: str) -> Path:
@@ -158,7 +174,7 @@ class CellWork:
         key = hash_key(
             "clean_model",
             fingerprint(rest),
-            self.cell.model,
+            self._architecture(),
             _config_identity(self.config(rest)),
             self.cell.seed,
         )
@@ -221,13 +237,20 @@ class CellWork:
         if attack is None:
             model, key = self.clean_model()
             return model, ps, None, key
-        key = hash_key(
-            "backdoored_model", pkey, self.cell.model, _config_identity(self.config(ps.data)), self.cell.seed
-        )
+        finetune = self.cell.model.get("finetune")
+        config = self.config(ps.data)
+        start: nn.Module | None = None
+        if finetune is None:
+            ident = _config_identity(config)
+            key = hash_key("backdoored_model", pkey, self.cell.model, ident, self.cell.seed)
+        else:  # the victim is the clean reference model fine-tuned on the poisoned set
+            start, ckey = self.clean_model()
+            config = self.config(ps.data, **finetune)
+            key = hash_key("finetuned_victim", pkey, ckey, _config_identity(config), self.cell.seed)
         with self.stage("backdoor_model"):
             model = self._load("backdoored_model", key)
             if model is None:
-                model = self._train(key, ps, attack)
+                model = self._train(key, ps, attack, start=start, config=config)
                 self._stored(
                     "backdoored_model",
                     key,
