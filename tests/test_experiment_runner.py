@@ -471,6 +471,7 @@ def test_finetuned_victims_start_from_the_clean_model(tmp_path: Path, shared_cac
     hashes = {p.stem: plan_of(p).cells[0].hash for p in (scratch, still, tuned)}
     assert len(set(hashes.values())) == 3
     assert "finetune" not in plan_of(scratch).cells[0].model
+    assert plan_of(still).cells[0].model_label == "resnet18-w4 finetuned"  # a report column of its own
 
     run_experiment(scratch, db=tmp_path / "scratch.db", cache_dir=shared_cache, quiet=True)
     before = fit_calls()

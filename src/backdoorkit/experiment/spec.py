@@ -878,6 +878,8 @@ def _model_variants(spec: Spec) -> list[_Variant]:
             model_train = _unflatten(values, "mtrain.")
             train = {**spec_train, **model_train}
             base = m.label or (f"{arch}-w{width}" if width is not None else arch)
+            if m.label is None and m.finetune is not None:
+                base += " finetuned"
             model = {"arch": arch, "width": width, "kwargs": kwargs}
             if m.finetune is not None:  # only when set: scratch-trained cells keep their hashes
                 model["finetune"] = canonical(m.finetune)
