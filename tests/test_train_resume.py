@@ -250,3 +250,29 @@ def test_train_command_resumes_from_its_snapshots(
 
     (tmp_path / "a-file").write_text("x")
     assert "not a folder" in cli_error(capsys, *args, "--snapshots", str(tmp_path / "a-file"))
+
+
+def test_the_attacker_can_be_trained_in_bf16(
+    small: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``attacker_amp=True`` trains the self-trained attacker with bf16 autocast and channels_last (the
+    opt-in that makes a full-width attacker affordable on a CPU); the default keeps the device's choice."""
+    import backdoorkit.train as train_module
+    from backdoorkit.attacks._model_based import ModelBasedParams, attacker_model
+    from backdoorkit.cache import ArtifactCache
+
+    seen = []
+    real_fit = train_module.fit
+
+    def spy(model, data, cfg, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((cfg.amp, cfg.channels_last))
+        return real_fit(model, data, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit", spy)
+    attacker_model(
+        ModelBasedParams(attacker_width=2, attacker_epochs=1), small, 0, ArtifactCache(tmp_path / "a")
+    )
+    fast = ModelBasedParams(attacker_width=2, attacker_epochs=1, attacker_amp=True)
+    model = attacker_model(fast, small, 0, ArtifactCache(tmp_path / "b"))
+    assert seen == [(None, None), (True, True)]
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: fp32 weights stored

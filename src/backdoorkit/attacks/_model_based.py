@@ -67,6 +67,12 @@ class ModelBasedParams(AttackParams):
     attacker_adv_epochs: int = Field(
         0, ge=0, description="if > 0: PGD adversarial training (eps 8/255, step 2/255, 10 steps), epochs"
     )
+    attacker_amp: bool | None = Field(
+        None,
+        description="train it with bf16 autocast and channels_last (None: the device's default, on for "
+        "CUDA, off for CPU; ~2.7x faster for a full-width ResNet-18 on an AMX CPU); not part of the "
+        "attacker's cache key, so a cached attacker is reused whichever precision trained it",
+    )
 
     @field_validator("attacker_arch")
     @classmethod
@@ -179,7 +185,9 @@ def attacker_model(params: ModelBasedParams, train: ImageSet, seed: int, cache: 
 
     def train_attacker() -> nn.Module:
         count_call("attacker_fit")
-        cfg = recipe_for(train, epochs=params.attacker_epochs).model_copy(update={"seed": seed})
+        fast = params.attacker_amp
+        cfg = recipe_for(train, epochs=params.attacker_epochs, amp=fast, channels_last=fast or None)
+        cfg = cfg.model_copy(update={"seed": seed})
         model = make_model(params.attacker_arch, train, width=params.attacker_width, seed=seed)
         if params.attacker_adv_epochs > 0:
             adv_cfg = cfg.model_copy(update={"epochs": params.attacker_adv_epochs})
