@@ -502,6 +502,11 @@ def test_finetuned_victims_start_from_the_clean_model(tmp_path: Path, shared_cac
 def test_a_bad_finetune_setting_is_one_clear_error(tmp_path: Path) -> None:
     from backdoorkit.errors import ConfigError
 
-    spec = tiny(tmp_path, models=[{"arch": "resnet18", "width": 4, "finetune": {"optimiser": "adam"}}])
-    with pytest.raises(ConfigError, match=r"models\[0\]\.finetune"):
-        plan_of(spec)
+    model = {"arch": "resnet18", "width": 4}
+    for finetune, message in (
+        ({"optimiser": "adam"}, r"models\[0\]\.finetune: unknown training key 'optimiser'"),
+        ({"epochs": -1}, r"resnet18-w4 finetuned: finetune: epochs"),
+        ("adam", r"models\[0\]\.finetune: Input should be a valid dictionary"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            plan_of(tiny(tmp_path, models=[{**model, "finetune": finetune}]))

@@ -1123,6 +1123,8 @@ def expand(spec: Spec) -> Plan:
         # recipe_for(dataset) < spec train < dataset train < model train
         train = {**mo.extra["train"], **ds.extra["train"], **mo.extra["model_train"]}
         _validate_train(train)
+        if "finetune" in mo.extra["model"]:
+            _validate_train({**train, **mo.extra["model"]["finetune"]}, where=f"{mo.label}: finetune")
         scenario: str | None = None
         reason = atk.skip or dfn.skip
         if reason is None and dfn.name != NO_DEFENSE:
@@ -1163,18 +1165,18 @@ def expand(spec: Spec) -> Plan:
 
 
 @functools.lru_cache(maxsize=256)
-def _validate_train_json(blob: str) -> None:
+def _validate_train_json(blob: str, where: str = "train") -> None:
     from backdoorkit.train import train_config
 
     try:
         train_config(**json.loads(blob))
     except ConfigError as exc:
-        raise ConfigError(f"spec: train: {str(exc).removeprefix('training config: ')}") from None
+        raise ConfigError(f"spec: {where}: {str(exc).removeprefix('training config: ')}") from None
 
 
-def _validate_train(train: dict[str, Any]) -> None:
+def _validate_train(train: dict[str, Any], where: str = "train") -> None:
     """Check a cell's training overrides against :class:`~backdoorkit.train.TrainConfig`."""
-    _validate_train_json(json.dumps(canonical(train), sort_keys=True))
+    _validate_train_json(json.dumps(canonical(train), sort_keys=True), where)
 
 
 def content_digest(path: Path) -> str:
