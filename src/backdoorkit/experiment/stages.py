@@ -92,6 +92,7 @@ class CellWork:
         self.cached: list[str] = []
         self.resumed: list[str] = []  # artefacts whose training went on from a snapshot
         self._data: tuple[ImageSet, ImageSet | None, ImageSet] | None = None
+        self._clean: tuple[nn.Module, str] | None = None  # the reference, and a fine-tuned victim's start
 
     # ------------------------------------------------------------------ helpers
     @contextlib.contextmanager
@@ -170,6 +171,8 @@ class CellWork:
     # ------------------------------------------------------------------ artefacts
     def clean_model(self) -> tuple[nn.Module, str]:
         """The clean reference model (trained on the rest of the training set)."""
+        if self._clean is not None:
+            return self._clean
         rest, _, _ = self.data()
         key = hash_key(
             "clean_model",
@@ -185,6 +188,7 @@ class CellWork:
                 self._stored("clean_model", key, model, {"cell": self.cell.hash, "stage": "clean"})
             else:
                 self.cached.append("clean_model")
+        self._clean = (model, key)
         return model, key
 
     def poisoned(self) -> tuple[Any, Any, str]:
