@@ -242,15 +242,14 @@ class CellWork:
             model, key = self.clean_model()
             return model, ps, None, key
         finetune = self.cell.model.get("finetune")
-        config = self.config(ps.data)
+        config = self.config(ps.data, **(finetune or {}))
+        ident = _config_identity(config)
         start: nn.Module | None = None
         if finetune is None:
-            ident = _config_identity(config)
             key = hash_key("backdoored_model", pkey, self.cell.model, ident, self.cell.seed)
         else:  # the victim is the clean reference model fine-tuned on the poisoned set
             start, ckey = self.clean_model()
-            config = self.config(ps.data, **finetune)
-            key = hash_key("finetuned_victim", pkey, ckey, _config_identity(config), self.cell.seed)
+            key = hash_key("finetuned_victim", pkey, ckey, ident, self.cell.seed)
         with self.stage("backdoor_model"):
             model = self._load("backdoored_model", key)
             if model is None:
