@@ -242,6 +242,43 @@ def test_forbidden_scenarios_are_skipped_with_their_reason(
     assert "## Skipped combinations" in md and "offers only S1" in md
 
 
+def test_the_victim_gate_skips_repairs_of_a_victim_without_a_backdoor(
+    tmp_path: Path, toys: list[str], shared_cache: Path
+) -> None:
+    """``min_victim_asr``: repair and training cells of a victim whose no-defense ASR is below the gate are
+    recorded ``skipped`` with the victim's numbers (detectors still run); ``--resume`` checks anew."""
+    defenses = ["none", "_toy_repair", "_toy_detector"]
+    db = tmp_path / "g.db"
+    run_experiment(tiny(tmp_path, defenses=defenses), db=db, cache_dir=shared_cache, quiet=True)
+    asr = next(r["asr"] for r in rows(db) if r["defense"] == "none")
+    assert asr < 0.99  # one epoch at width 4: the tiny victim does not implant fully
+    gate = round(asr + 0.01, 4)
+    db2 = tmp_path / "g2.db"
+    summary = run_experiment(
+        tiny(tmp_path, "gated.yaml", defenses=defenses, min_victim_asr=gate),
+        db=db2,
+        cache_dir=shared_cache,
+        quiet=True,
+    )
+    assert (summary.done, summary.gated, summary.failed) == (2, 1, 0)
+    status = {r["defense"]: (r["status"], r["skip_reason"]) for r in rows(db2)}
+    assert status["_toy_detector"][0] == "done" and status["none"][0] == "done"
+    state, why = status["_toy_repair"]
+    assert state == "skipped" and "does not implant" in why and f"ASR {100 * asr:.1f}" in why, why
+    md = to_markdown(build_table(load_rows(db2)))
+    assert "## Skipped combinations" in md and "min_victim_asr" in md
+    # a lower gate, resumed: the gated cell runs now; the finished ones stay
+    summary = run_experiment(
+        tiny(tmp_path, "gated.yaml", defenses=defenses, min_victim_asr=max(0.0, asr - 0.01)),
+        db=db2,
+        cache_dir=shared_cache,
+        quiet=True,
+        resume=True,
+    )
+    assert (summary.done, summary.gated, summary.already) == (1, 0, 2)
+    assert {r["status"] for r in rows(db2)} == {"done"}
+
+
 def test_a_failing_cell_is_recorded_and_the_matrix_goes_on(tmp_path: Path, shared_cache: Path) -> None:
     from backdoorkit.cli import main
 

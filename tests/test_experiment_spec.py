@@ -65,6 +65,7 @@ def test_unknown_names_and_keys_list_the_allowed_values(bad: dict[str, Any], mus
         ({"train": {"lr": [0.1, -1.0]}}, "lr"),
         ({"datasets": [{"name": "digits", "subset": 0}]}, "subset"),
         ({"device": "gpu-ish"}, "device"),
+        ({"min_victim_asr": 1.5}, "min_victim_asr"),
     ],
 )
 def test_bad_ranges_are_one_line_errors(bad: dict[str, Any], must: str) -> None:

@@ -65,6 +65,7 @@ def run_cmd(
         console.print(
             f"{summary.done} done, {summary.failed} failed, {summary.already} already done, "
             f"{summary.skipped} skipped, {summary.elsewhere} left to another run"
+            + (f", {summary.gated} stopped by min_victim_asr" if summary.gated else "")
             + (f", {summary.unselected} not selected" if summary.unselected else "")
             + f" in {summary.seconds:.1f}s; "
             f"results in {summary.db}",

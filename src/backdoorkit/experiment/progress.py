@@ -56,6 +56,7 @@ class Progress:
         self.already = already
         self.done = 0
         self.failed = 0
+        self.gated = 0
         self.elsewhere = 0
         self.running: dict[str, tuple[str, float]] = {}
         self.preparing: dict[str, tuple[str, float]] = {}
@@ -103,17 +104,26 @@ class Progress:
         with self._lock:
             self.running.pop(cell.hash, None)
             ok = result.get("status") == "done"
+            gated = result.get("status") == "skipped"
             if ok:
                 self.done += 1
+            elif gated:
+                self.gated += 1
             else:
                 self.failed += 1
                 self.failures.append(f"{describe(cell)}: {result.get('error')}")
             self.durations.append(float(result.get("seconds") or 0.0))
-            n = self.done + self.failed
+            n = self.done + self.failed + self.gated
         if self.quiet or self.live_enabled:
             return
         m = result.get("metrics", {})
-        what = f"BA {_pct(m.get('ba'))} ASR {_pct(m.get('asr'))}" if ok else f"FAILED {result.get('error')}"
+        what = (
+            f"BA {_pct(m.get('ba'))} ASR {_pct(m.get('asr'))}"
+            if ok
+            else f"skipped: {result.get('skip_reason')}"
+            if gated
+            else f"FAILED {result.get('error')}"
+        )
         self.console.print(
             f"[{n}/{self.total}] {describe(cell)}: {what} ({result.get('seconds', 0):.1f}s)",
             markup=False,
@@ -123,7 +133,7 @@ class Progress:
 
     # ------------------------------------------------------------------ view
     def eta(self) -> float | None:
-        remaining = self.total - self.done - self.failed - self.elsewhere
+        remaining = self.total - self.done - self.failed - self.gated - self.elsewhere
         if not self.durations or remaining <= 0:
             return None if remaining > 0 else 0.0
         mean = sum(self.durations) / len(self.durations)
@@ -143,7 +153,7 @@ class Progress:
                 ("failed ", "red"),
                 f"{self.failed}  ",
                 ("skipped ", "yellow"),
-                f"{self.skipped}  ",
+                f"{self.skipped + self.gated}  ",
                 *((("already done ", "dim"), f"{self.already}  ") if self.already else ()),
                 *((("other runs ", "dim"), f"{self.elsewhere}  ") if self.elsewhere else ()),
                 f"elapsed {_duration(elapsed)}  ETA {'-' if eta is None else _duration(eta)}",

@@ -57,6 +57,8 @@ class RunSummary:
     already: int = 0
     elsewhere: int = 0
     unselected: int = 0
+    gated: int = 0
+    """Cells stopped by the spec's ``min_victim_asr`` (recorded ``skipped``, with the victim's numbers)."""
     seconds: float = 0.0
     skips: list[tuple[str, str]] = field(default_factory=list)
 
@@ -140,6 +142,7 @@ class Scheduler:
         self.inflight: dict[Future, Job] = {}
         self.done = 0
         self.failed = 0
+        self.gated = 0
         self.elsewhere = 0
 
     def _next_ready(self) -> Job | None:
@@ -160,6 +163,8 @@ class Scheduler:
         self.store.finish(job.cell.hash, self.run_id, result)
         if result.get("status") == "done":
             self.done += 1
+        elif result.get("status") == "skipped":
+            self.gated += 1
         else:
             self.failed += 1
         self.progress.finished(job.cell, result)
@@ -259,7 +264,8 @@ def run_experiment(
     unfinished = [
         c
         for c in runnable
-        if statuses.get(c.hash) in ("pending", "running")
+        # "skipped" for a runnable cell: the victim gate stopped it; check the gate again
+        if statuses.get(c.hash) in ("pending", "running", "skipped")
         or (retry_failed and statuses.get(c.hash) == "failed")
     ]
     already = len(runnable) - len(unfinished)
@@ -296,6 +302,7 @@ def run_experiment(
                 )
                 sched.run()
             summary.done, summary.failed, summary.elsewhere = sched.done, sched.failed, sched.elsewhere
+            summary.gated = sched.gated
     finally:
         if ex is not None:
             ex.shutdown()

@@ -15,6 +15,8 @@ parameters, the clean-data fraction, seeds and where things go::
     clean_fraction: 0.1                # the defender's clean holdout, split off before poisoning
     seeds: [0, 1]
     device: auto
+    min_victim_asr: 0.5                # optional: repair / training cells run only on a victim whose
+                                       #   no-defense test ASR reaches this (else: skipped, with why)
     db: results.db                     # relative paths resolve against the spec file's folder
 
 Every list expands into the matrix dataset x model x attack x defense x seed (x clean fraction);
@@ -26,10 +28,11 @@ offered scenario allows is kept as a *skipped* cell with the reason.
 A cell's hash is the hash of the canonical JSON (sorted keys) of what determines its result: the
 dataset's identity (name, or the content digest of a path), the model, the training overrides, the
 attack and defense with every parameter resolved (defaults included), the scenario, the seed and the
-clean fraction.  It does not depend on key order, list position, labels, the device or the spec
-file's location.  A finished cell whose identity lacks only parameters a method gained since, each at its
-default, stands for the new cell (:func:`stands_for`; the store hands it the new hash).  Validation
-errors are one-line :class:`~backdoorkit.errors.ConfigError` naming the
+clean fraction.  It does not depend on key order, list position, labels, the device, the
+``min_victim_asr`` gate or the spec file's location.  A finished cell whose identity lacks only
+parameters a method gained since, each at its default, stands for the new cell (:func:`stands_for`;
+the store hands it the new hash).  Validation errors are one-line
+:class:`~backdoorkit.errors.ConfigError` naming the
 key and the allowed values.
 """
 
@@ -177,6 +180,15 @@ class Spec(_Strict):
     seeds: int | list[int] = 0
     device: str = "auto"
     clean_model: bool = Field(True, description="train a clean reference model per dataset x model x seed")
+    min_victim_asr: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="run a repair or training defense only on a victim whose no-defense ASR on the test "
+        "split reaches this fraction; below it the cell is recorded as skipped with the victim's numbers "
+        "(there is no backdoor to remove).  Detectors and inspectors always run.  An evaluator-side gate: "
+        "the defenses never see the test split",
+    )
     cache_dir: str | None = None
     db: str | None = None
     ray: RaySettings = Field(default_factory=RaySettings)
@@ -615,6 +627,8 @@ class Cell:
     device: str = "auto"
     skip_reason: str | None = None
     requested_scenario: str | None = None
+    min_victim_asr: float | None = None
+    """The spec's gate (not part of the identity: it decides whether the cell runs, not its result)."""
     hash: str = ""
 
     # identity ------------------------------------------------------------------
@@ -1154,6 +1168,7 @@ def expand(spec: Spec) -> Plan:
             device=spec.device,
             skip_reason=reason,
             requested_scenario=dfn.extra.get("scenario"),
+            min_victim_asr=spec.min_victim_asr,
         )
         cell.hash = cell_hash(cell.identity())
         if cell.hash in seen:

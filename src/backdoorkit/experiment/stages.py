@@ -20,6 +20,11 @@ Stages and their cache entries (:class:`~backdoorkit.cache.ArtifactCache` kinds)
    fingerprint + defense (all parameters) + scenario + seed;
 6. ``evaluate``: ``Defense.evaluate(result, test, attack, mask=poisoned mask)``, the evaluator's side.
 
+With the spec's ``min_victim_asr`` set, a repair or training cell first scores its victim on the test
+split (the evaluator's side, between stages 4 and 5; the defense never sees it) and, when the victim's
+ASR is below the gate, stops there: the cell is recorded ``skipped`` with the victim's numbers as its
+reason, and a later ``--resume`` checks the gate again (a changed gate, a retrained victim).
+
 A defense receives only what its scenario gives it (:class:`~backdoorkit.defenses.base.DefenseInputs`):
 S1 the backdoored model and the clean holdout, S2 the poisoned training set and the clean holdout, S3
 the poisoned training set alone.  The test set, the trigger, the poisoned mask and the target are used
@@ -77,6 +82,15 @@ def _config_identity(cfg: Any) -> dict[str, Any]:
     for key in ("device", "progress", "check_every"):
         d.pop(key, None)
     return d
+
+
+GATED_KINDS = ("repair", "training")
+"""Defense kinds the spec's ``min_victim_asr`` gate applies to (a detector's answer on a victim without a
+backdoor is a result: it should say clean)."""
+
+
+class VictimNotImplanted(Exception):
+    """A gated cell's victim does not carry the backdoor: the cell is skipped, not failed."""
 
 
 class CellWork:
@@ -283,6 +297,15 @@ class CellWork:
             with self.stage("evaluate"):
                 metrics.update(backdoor_metrics(model, test, attack))
             return {"metrics": metrics, "info": info}
+        if cell.min_victim_asr is not None and attack is not None and cell.defense_kind in GATED_KINDS:
+            with self.stage("gate"):
+                victim = backdoor_metrics(model, test, attack)
+            if victim["asr"] < cell.min_victim_asr:
+                raise VictimNotImplanted(
+                    f"the victim does not implant (BA {100 * victim['ba']:.1f} / ASR "
+                    f"{100 * victim['asr']:.1f} % with no defense; min_victim_asr "
+                    f"{100 * cell.min_victim_asr:g} %)"
+                )
         defense = self._defense()
         result = self._defended(defense, model, ps, holdout, bkey)
         with self.stage("evaluate"):
@@ -438,7 +461,8 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job (a cell, or a shared ``clean`` / ``backdoor`` artefact) and return its outcome.
 
     Never raises for a failure inside the job: the result has ``status`` ``failed``, the error line and
-    the traceback.  Runs in the caller's process or in a worker (process pool, Ray task).
+    the traceback (``skipped`` and the reason for a cell stopped by the ``min_victim_asr`` gate).  Runs
+    in the caller's process or in a worker (process pool, Ray task).
     """
     threads = job.get("threads")
     if threads:
@@ -456,6 +480,8 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
             with selections_stored_in(work.cache):  # SSFT-family selections outlive the process
                 out.update(work.run())
         out["status"] = "done"
+    except VictimNotImplanted as gate:
+        out = {"status": "skipped", "skip_reason": str(gate)}
     except Exception as exc:
         out = {"status": "failed", "error": one_line(exc), "traceback": traceback.format_exc()}
     stages = {k: round(v, 4) for k, v in (work.stages if work else {}).items()}

@@ -502,7 +502,11 @@ class ResultStore:
                     con.execute("DELETE FROM metrics WHERE cell_hash = ?", (h,))
 
     def claim(self, cell_hash: str, run_id: str, *, retry_failed: bool = False) -> bool:
-        """Atomically take a cell for ``run_id``; ``False`` if it is done, skipped or held by a live run."""
+        """Atomically take a cell for ``run_id``; ``False`` if it is done or held by a live run.
+
+        Callers claim runnable cells only: a runnable cell marked ``skipped`` was stopped by the victim
+        gate (``min_victim_asr``) and is taken again to check the gate anew.
+        """
         with self.transaction() as con:
             row = con.execute("SELECT status, run_id FROM cells WHERE cell_hash = ?", (cell_hash,)).fetchone()
             if row is None:
@@ -510,6 +514,7 @@ class ResultStore:
             status = row["status"]
             ok = (
                 status == "pending"
+                or status == "skipped"  # only runnable cells are claimed: one the victim gate stopped
                 or (status == "failed" and retry_failed)
                 or (
                     status == "running" and row["run_id"] != run_id and not self.run_alive(con, row["run_id"])
@@ -535,7 +540,8 @@ class ResultStore:
             )
 
     def finish(self, cell_hash: str, run_id: str, result: dict[str, Any]) -> bool:
-        """Write a cell's outcome (``done`` or ``failed``); only the run holding the claim can.
+        """Write a cell's outcome (``done``, ``failed``, or ``skipped`` by the ``min_victim_asr`` gate with
+        its ``skip_reason``); only the run holding the claim can.
 
         Every finite number in ``result["metrics"]`` is stored under its name (others are dropped);
         the cell's earlier metric rows are replaced.
@@ -551,6 +557,7 @@ class ResultStore:
             "versions": json.dumps(to_jsonable(result.get("versions") or versions()), sort_keys=True),
             "error": result.get("error"),
             "traceback": result.get("traceback"),
+            "skip_reason": result.get("skip_reason"),
             "finished_at": time.time(),
         }
         cols = ", ".join(f"{k} = ?" for k in values)
