@@ -229,7 +229,10 @@ def test_ft_all_moves_everything(badnets_digits) -> None:
 
 
 def test_optimized_mode_uses_the_surrogate_gamma(badnets_digits) -> None:
-    case = badnets_digits[2]
+    # the model, seed and selection parameters of the artefact-cache test above: its selection is
+    # memoised (the mode is not part of a selection's key), so in a full run this checks the suppression
+    # without another surrogate fine-tuning
+    case = badnets_digits[1]
     res = build_defense("ss", mode="optimized", surrogate_epochs=2).repair(
         case["model"], case["clean"], seed=2
     )
@@ -291,16 +294,18 @@ def test_works_on_models_made_addressable_with_attach_skips(badnets_digits, tmp_
 
 # ---- effect on BadNets digits models, three seeds ----
 SEEDS = (0, 1, 2)
-EFFECT_BUDGET = {"min_steps": 150, "batch_size": 48}
+EFFECT_BUDGET = {"min_steps": 100, "batch_size": 48}
 """Every fine-tuning defense runs with its defaults except the budget, the same for all of them: 10
-epochs, at least 150 optimiser steps and batches of 48 (the defaults, 400 steps of 128, are the paper's
-10 epochs on 5,000 CIFAR-10 images; 10 epochs on 144 digits would be 20 steps).  150 steps of 48 (50
-passes over the 144 clean digits) keep every conclusion below and take the table from 339 s (400 x 128)
-and 210 s (150 x 128) to 131 s on 2 cores.  Measured (BA/ASR %, seeds 0/1/2) at 150 x 48: SSFT
-98.1/0.6, 97.5/0.9, 98.1/4.0; FT-Critical 98.9/97.8, 98.9/98.1, 98.3/97.5; FT-FC 98.9/98.5, 98.9/97.8,
-98.6/97.5; FT-All 98.9/96.0, 99.2/99.7, 98.3/97.5.  At 150 x 128: SSFT 98.9/0.6, 96.4/0.3, 98.3/2.2;
-FT-All 98.6/97.8, 98.9/98.8, 98.1/98.1; at 400 x 128: SSFT 98.9/0.6, 98.1/0.3, 98.3/3.4; SS (no
-fine-tuning) BA 14.2, 19.8, 46.0."""
+epochs, at least 100 optimiser steps and batches of 48 (the defaults, 400 steps of 128, are the paper's
+10 epochs on 5,000 CIFAR-10 images; 10 epochs on 144 digits would be 20 steps).  100 steps of 48 (33
+passes over the 144 clean digits) keep every conclusion below; the table took 339 s at 400 x 128, 210 s
+at 150 x 128, 131 s at 150 x 48 on 2 cores, and 100 x 48 saves another third of the fine-tuning.
+Measured (BA/ASR %, seeds 0/1/2) at 100 x 48 on an Intel Xeon: SSFT 98.6/1.2, 97.5/0.0, 98.1/4.3;
+FT-Critical 99.2/98.5, 98.6/98.8, 99.2/98.5; FT-FC 98.9/98.5, 99.4/99.4, 99.2/98.5; FT-All 99.2/98.1,
+98.1/100, 98.9/98.8; SS (no fine-tuning) BA 70.5, 19.2, 11.7.  At 150 x 48 (AVX-512): SSFT 98.1/0.6,
+97.5/0.9, 98.1/4.0; FT-Critical 98.9/97.8, 98.9/98.1, 98.3/97.5; FT-FC 98.9/98.5, 98.9/97.8, 98.6/97.5;
+FT-All 98.9/96.0, 99.2/99.7, 98.3/97.5.  At 400 x 128: SSFT 98.9/0.6, 98.1/0.3, 98.3/3.4; SS BA 14.2,
+19.8, 46.0."""
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +348,7 @@ def test_effect_table(outcomes) -> None:
 
 def test_fine_tuning_without_suppression_leaves_the_backdoor(outcomes) -> None:
     """Paper Table 1/2: FT-FC and FT-Critical keep ASR high; FT-All (same budget) lowers it at most
-    partly (measured at the 150-step budget: 97.8 / 98.8 / 98.1 %)."""
+    partly (FT-All ASR measured at the 100-step budget: 98.1 / 100 / 98.8 %)."""
     for row in outcomes.values():
         assert row["ft_fc"]["asr"] >= 0.9 and row["ft_fc"]["ba"] >= 0.95
         assert row["ft_critical"]["asr"] >= 0.9 and row["ft_critical"]["ba"] >= 0.95
