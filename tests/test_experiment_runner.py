@@ -547,3 +547,15 @@ def test_a_bad_finetune_setting_is_one_clear_error(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=message):
             plan_of(tiny(tmp_path, models=[{**model, "finetune": finetune}]))
+
+
+def test_a_gated_cell_does_not_shorten_the_eta() -> None:
+    """A cell stopped by ``min_victim_asr`` takes one evaluation: the ETA of the rest ignores its time."""
+    from types import SimpleNamespace
+
+    from backdoorkit.experiment.progress import Progress
+
+    progress = Progress(3, quiet=True)
+    progress.finished(SimpleNamespace(hash="a"), {"status": "skipped", "seconds": 1.0})  # type: ignore[arg-type]
+    progress.finished(SimpleNamespace(hash="b"), {"status": "done", "seconds": 100.0})  # type: ignore[arg-type]
+    assert (progress.gated, progress.done) == (1, 1) and progress.eta() == 100.0

@@ -112,7 +112,8 @@ class Progress:
             else:
                 self.failed += 1
                 self.failures.append(f"{describe(cell)}: {result.get('error')}")
-            self.durations.append(float(result.get("seconds") or 0.0))
+            if not gated:  # a gated cell stops after one evaluation: it says nothing of the rest's pace
+                self.durations.append(float(result.get("seconds") or 0.0))
             n = self.done + self.failed + self.gated
         if self.quiet or self.live_enabled:
             return
