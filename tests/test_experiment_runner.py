@@ -243,7 +243,7 @@ def test_forbidden_scenarios_are_skipped_with_their_reason(
 
 
 def test_the_victim_gate_skips_repairs_of_a_victim_without_a_backdoor(
-    tmp_path: Path, toys: list[str], shared_cache: Path
+    tmp_path: Path, toys: list[str], shared_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``min_victim_asr``: repair and training cells of a victim whose no-defense ASR is below the gate are
     recorded ``skipped`` with the victim's numbers (detectors still run); ``--resume`` checks anew."""
@@ -254,6 +254,18 @@ def test_the_victim_gate_skips_repairs_of_a_victim_without_a_backdoor(
     assert asr < 0.99  # one epoch at width 4: the tiny victim does not implant fully
     gate = round(asr + 0.01, 4)
     db2 = tmp_path / "g2.db"
+    import backdoorkit.metrics as metrics_module
+    from backdoorkit.experiment import stages
+
+    scored = []  # the victim scores the runner computes (a detector's evaluation scores its model too)
+    score = metrics_module.backdoor_metrics
+
+    def counted(*args: object) -> object:
+        scored.append(sys._getframe(1).f_code.co_name)
+        return score(*args)
+
+    monkeypatch.setattr(metrics_module, "backdoor_metrics", counted)
+    stages._VICTIM_SCORES.clear()
     summary = run_experiment(
         tiny(tmp_path, "gated.yaml", defenses=defenses, min_victim_asr=gate),
         db=db2,
@@ -261,6 +273,7 @@ def test_the_victim_gate_skips_repairs_of_a_victim_without_a_backdoor(
         quiet=True,
     )
     assert (summary.done, summary.gated, summary.failed) == (2, 1, 0)
+    assert scored.count("_victim_score") == 1  # the none cell and the gate score the victim once
     status = {r["defense"]: (r["status"], r["skip_reason"]) for r in rows(db2)}
     assert status["_toy_detector"][0] == "done" and status["none"][0] == "done"
     state, why = status["_toy_repair"]

@@ -93,6 +93,24 @@ class VictimNotImplanted(Exception):
     """A gated cell's victim does not carry the backdoor: the cell is skipped, not failed."""
 
 
+_VICTIM_SCORES: dict[tuple[str, str, str], dict[str, float]] = {}
+"""The no-defense scores of the victims this process has evaluated, by (cache folder, victim key, test
+fingerprint): the ``none`` cell and every gated cell of one victim score it once (a minute at full
+width on a CPU)."""
+
+
+def _victim_score(model: nn.Module, test: ImageSet, attack: Any, where: Path, key: str) -> dict[str, float]:
+    """:func:`~backdoorkit.metrics.backdoor_metrics` of a victim, memoised per process."""
+    from backdoorkit.metrics import backdoor_metrics
+
+    ident = (str(where), key, fingerprint(test))
+    if ident not in _VICTIM_SCORES:
+        if len(_VICTIM_SCORES) >= 64:
+            _VICTIM_SCORES.clear()
+        _VICTIM_SCORES[ident] = backdoor_metrics(model, test, attack)
+    return dict(_VICTIM_SCORES[ident])
+
+
 class CellWork:
     """The computation of one cell (and of the shared artefacts it needs)."""
 
@@ -281,7 +299,7 @@ class CellWork:
     # ------------------------------------------------------------------ the cell
     def run(self) -> dict[str, Any]:
         """Compute the cell: ``{"metrics": {...}, "info": {...}}``."""
-        from backdoorkit.metrics import backdoor_metrics, benign_accuracy
+        from backdoorkit.metrics import benign_accuracy
 
         cell = self.cell
         _rest, holdout, test = self.data()
@@ -295,11 +313,11 @@ class CellWork:
         info["poisoned_rows"] = ps.count
         if cell.defense == NO_DEFENSE:
             with self.stage("evaluate"):
-                metrics.update(backdoor_metrics(model, test, attack))
+                metrics.update(_victim_score(model, test, attack, self.cache.root, bkey))
             return {"metrics": metrics, "info": info}
         if cell.min_victim_asr is not None and attack is not None and cell.defense_kind in GATED_KINDS:
             with self.stage("gate"):
-                victim = backdoor_metrics(model, test, attack)
+                victim = _victim_score(model, test, attack, self.cache.root, bkey)
             if victim["asr"] < cell.min_victim_asr:
                 raise VictimNotImplanted(
                     f"the victim does not implant (BA {100 * victim['ba']:.1f} / ASR "
