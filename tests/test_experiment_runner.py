@@ -572,3 +572,25 @@ def test_a_gated_cell_does_not_shorten_the_eta() -> None:
     progress.finished(SimpleNamespace(hash="a"), {"status": "skipped", "seconds": 1.0})  # type: ignore[arg-type]
     progress.finished(SimpleNamespace(hash="b"), {"status": "done", "seconds": 100.0})  # type: ignore[arg-type]
     assert (progress.gated, progress.done) == (1, 1) and progress.eta() == 100.0
+
+
+def test_a_run_written_to_a_file_reports_its_trainings_epoch_by_epoch(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Line-by-line progress (no live view) adds each job's epoch lines (:mod:`backdoorkit.train_report`),
+    labelled with the job; ``epoch_lines=0`` and ``quiet`` write none."""
+    spec = tiny(tmp_path)
+    run_experiment(spec, db=tmp_path / "a.db", cache_dir=tmp_path / "c1", live=False)
+    err = capfd.readouterr().err
+    trains = [line for line in err.splitlines() if line.startswith("[train] ")]
+    # the clean model's one epoch (then, within 300 s, the victim's training stays silent)
+    assert len(trains) == 1, err
+    assert trains[0].startswith("[train] digits resnet18-w4 badnets / none seed 0: ResNet "), trains
+    assert "(270 images), epoch 1/1, loss " in trains[0] and trains[0].endswith("done"), trains
+    run_experiment(spec, db=tmp_path / "b.db", cache_dir=tmp_path / "c2", live=False, epoch_lines=0)
+    run_experiment(spec, db=tmp_path / "c.db", cache_dir=tmp_path / "c3", quiet=True)
+    assert "[train]" not in capfd.readouterr().err
+    from backdoorkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--epoch-lines -1: need seconds >= 0"):
+        run_experiment(spec, db=tmp_path / "d.db", cache_dir=tmp_path / "c3", epoch_lines=-1)

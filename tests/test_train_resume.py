@@ -276,3 +276,48 @@ def test_the_attacker_can_be_trained_in_bf16(
     model = attacker_model(fast, small, 0, ArtifactCache(tmp_path / "b"))
     assert seen == [(None, None), (True, True)]
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: fp32 weights stored
+
+
+def test_epoch_lines_say_what_trains_how_far_and_what_is_left(
+    small: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """:func:`report_training`: an epoch line per due epoch (model, data, epoch k/E, time left), the end of
+    a call that spoke, one line for a resumed start; at most one line per ``every`` over the whole block;
+    nothing outside the block."""
+    import io
+
+    from backdoorkit.train_report import report_training
+
+    fit(_model(small), small, CFG)
+    assert capsys.readouterr().err == ""  # off by default
+
+    buf = io.StringIO()
+    with report_training("victim of cell 1", every=0, stream=buf):
+        fit(_model(small), small, CFG)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 3, lines
+    for k, line in enumerate(lines, 1):
+        assert line.startswith("[train] victim of cell 1: ResNet ") and "(256 images)" in line, line
+        assert f"epoch {k}/3, loss " in line and " acc " in line and " in this run" in line, line
+    assert lines[0].endswith("left") and lines[-1].endswith("done")
+
+    buf = io.StringIO()
+    with report_training("two calls", every=3600, stream=buf):
+        fit(_model(small), small, CFG)
+        fit(_model(small), small, CFG)  # not due, and it never spoke: silent
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2 and "epoch 1/3" in lines[0] and lines[0].endswith("left"), lines
+    assert "epoch 3/3" in lines[1] and lines[1].endswith("done")
+
+    folder = tmp_path / "partial"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 6)
+        with pytest.raises(Interrupted), resumable_training(folder):
+            fit(_model(small), small, CFG)
+    buf = io.StringIO()
+    with resumable_training(folder), report_training("resumed", every=3600, stream=buf):
+        fit(_model(small), small, CFG)
+    lines = buf.getvalue().splitlines()
+    assert "resumed after epoch 1/3 from its snapshot" in lines[0] and lines[-1].endswith("done"), lines
+    with pytest.raises(ValueError, match="every must be >= 0"), report_training("x", every=-1):
+        pass

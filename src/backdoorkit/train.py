@@ -45,6 +45,7 @@ from backdoorkit.data.imageset import ImageSet, to_pixels
 from backdoorkit.device import autocast, eval_mode, inference_batch, resolve_device
 from backdoorkit.errors import ConfigError, config_error
 from backdoorkit.resume import is_plain, restore_rng, rng_states, snapshot_for
+from backdoorkit.train_report import EpochLines
 
 _FIT_CALLS = 0
 
@@ -398,6 +399,7 @@ def fit(
     finite = _FiniteCheck(device)
 
     progress = _progress(cfg.progress, total, data.name)
+    lines = EpochLines(model, data.name, len(data), math.ceil(total / per_epoch))
     start = time.perf_counter()
     earlier = 0.0  # seconds spent on the epochs a snapshot restored
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -408,6 +410,7 @@ def fit(
         saved = snapshot.load() if snapshot is not None else None
         if saved is not None:
             step, earlier = _restore(saved, state, result, gen, device)
+            lines.resumed(len(result.losses))
             if progress is not None:
                 progress.advance(step)
         try:
@@ -456,6 +459,7 @@ def fit(
                 result.steps = step
                 if progress is not None:
                     progress.describe(result.losses[-1], result.accuracies[-1])
+                lines.epoch_end(len(result.losses), result.losses[-1], result.accuracies[-1])
                 state.epoch += 1
                 stops = [bool(cb.on_epoch_end(state)) for cb in callbacks]
                 state.stop = state.stop or any(stops)

@@ -33,6 +33,13 @@ def run_cmd(
         None, "--cache-dir", help="Artefact cache (default: $BACKDOORKIT_CACHE)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no table."),
+    epoch_lines: float | None = typer.Option(
+        None,
+        "--epoch-lines",
+        min=0,
+        help="Seconds between the epoch lines of a long training (model, epoch, loss, time left) written "
+        "to stderr; 0: none. Default: 300 when the progress goes to a file, none on a live terminal.",
+    ),
     only: list[str] | None = typer.Option(
         None,
         "--only",
@@ -56,6 +63,7 @@ def run_cmd(
         jobs=jobs,
         executor=executor,
         quiet=quiet,
+        epoch_lines=epoch_lines,
         cache_dir=cache_dir,
         argv=sys.argv[1:],
         only=only,

@@ -130,6 +130,7 @@ class Scheduler:
         cache_root: Path,
         progress: Progress,
         retry_failed: bool,
+        epoch_lines: float | None = None,
     ) -> None:
         self.waiting = list(jobs)
         self.store = store
@@ -138,6 +139,7 @@ class Scheduler:
         self.cache_root = str(cache_root)
         self.progress = progress
         self.retry_failed = retry_failed
+        self.epoch_lines = epoch_lines
         self.finished: set[str] = set()
         self.inflight: dict[Future, Job] = {}
         self.done = 0
@@ -153,7 +155,11 @@ class Scheduler:
         return None
 
     def _payload(self, job: Job) -> dict[str, Any]:
-        return {"kind": job.kind, "cell": job.cell, "cache": self.cache_root}
+        payload: dict[str, Any] = {"kind": job.kind, "cell": job.cell, "cache": self.cache_root}
+        if self.epoch_lines:
+            label = describe(job.cell) if job.kind == "cell" else describe_prep(job)
+            payload["epoch_lines"] = {"label": label, "every": self.epoch_lines}
+        return payload
 
     def _record(self, job: Job, result: dict[str, Any]) -> None:
         self.finished.add(job.key)
@@ -227,8 +233,13 @@ def run_experiment(
     cache_dir: str | Path | None = None,
     argv: list[str] | None = None,
     only: list[str] | None = None,
+    epoch_lines: float | None = None,
 ) -> RunSummary:
     """Run (or resume) the matrix of ``spec``; returns a :class:`RunSummary`.
+
+    ``epoch_lines``: seconds between the epoch lines every training of a job writes to stderr
+    (:mod:`backdoorkit.train_report`); 0 for none; ``None``: 300 when the progress is written line by
+    line (not quiet, no live terminal view), none otherwise.
 
     ``only``: ``KEY=VALUE`` filters (see :func:`select_cells`); the cells they leave out stay as they
     are in the database (pending, done ...) for a later run.
@@ -237,6 +248,8 @@ def run_experiment(
         spec = load_spec(spec)
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: need at least one job")
+    if epoch_lines is not None and epoch_lines < 0:
+        raise ConfigError(f"--epoch-lines {epoch_lines:g}: need seconds >= 0 (0 for none)")
     plan = expand(spec)
     preflight(plan, executor)
     chosen = {c.hash for c in (select_cells(plan.runnable, only) if only else plan.runnable)}
@@ -299,6 +312,7 @@ def run_experiment(
                     cache_root=cache_root,
                     progress=progress,
                     retry_failed=retry_failed,
+                    epoch_lines=_epoch_lines(epoch_lines, progress),
                 )
                 sched.run()
             summary.done, summary.failed, summary.elsewhere = sched.done, sched.failed, sched.elsewhere
@@ -310,6 +324,15 @@ def run_experiment(
         summary.seconds = time.perf_counter() - start
         store.close()
     return summary
+
+
+def _epoch_lines(asked: float | None, progress: Progress) -> float | None:
+    """Seconds between epoch lines (``None``: none): as asked, else on when progress is line by line."""
+    from backdoorkit.train_report import DEFAULT_EVERY
+
+    if asked is not None:
+        return asked or None
+    return None if progress.quiet or progress.live_enabled else DEFAULT_EVERY
 
 
 SELECT_KEYS = ("dataset", "model", "attack", "defense", "seed")

@@ -57,6 +57,7 @@ from backdoorkit.experiment.spec import NO_ATTACK, NO_DEFENSE, Cell, DatasetRef
 from backdoorkit.experiment.store import versions
 from backdoorkit.jsonable import to_jsonable
 from backdoorkit.resume import resumable_training
+from backdoorkit.train_report import report_training
 
 
 @functools.lru_cache(maxsize=8)
@@ -488,15 +489,18 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     work: CellWork | None = None
     out: dict[str, Any] = {}
+    lines = job.get("epoch_lines")  # {"label", "every"}: epoch lines of long trainings to stderr
+    report = report_training(lines["label"], lines["every"]) if lines else contextlib.nullcontext()
     try:
         work = CellWork(job["cell"], ArtifactCache(job["cache"]))
-        if job["kind"] == "clean":
-            work.clean_model()
-        elif job["kind"] == "backdoor":
-            work.backdoored_model()
-        else:
-            with selections_stored_in(work.cache):  # SSFT-family selections outlive the process
-                out.update(work.run())
+        with report:
+            if job["kind"] == "clean":
+                work.clean_model()
+            elif job["kind"] == "backdoor":
+                work.backdoored_model()
+            else:
+                with selections_stored_in(work.cache):  # SSFT-family selections outlive the process
+                    out.update(work.run())
         out["status"] = "done"
     except VictimNotImplanted as gate:
         out = {"status": "skipped", "skip_reason": str(gate)}

@@ -1,0 +1,114 @@
+"""Epoch lines from long trainings: what a log shows while a model trains for hours.
+
+A full-width ResNet-18 trains for hours on a CPU, and a run whose output goes to a file (``nohup``, a CI
+log, a batch job) would otherwise say nothing between "started" and the cell's result.  Inside ``with
+report_training(label):`` every :func:`~backdoorkit.train.fit` call writes one line to standard error at
+the end of an epoch, at most once every ``every`` seconds over all the calls in the block (a resumed
+start always, and the end of a call that has written a line before), for example::
+
+    [train] label_consistent model cifar10 resnet18-w16 seed 0: ResNet 11.2M params on cifar10 (45,000
+    images), epoch 3/30, loss 1.234, acc 56.7 %, 0:13:45 in this run, ~2:04:00 left
+
+"left" extrapolates the pace of the epochs trained in this process (not those a snapshot restored).  The
+experiment runner turns this on for every job when its progress goes to a file rather than a live
+terminal view (``backdoorkit run --epoch-lines SECONDS``; 0 turns it off).  The lines carry no metric
+of the test set: a training loss and accuracy on the data the call trains on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from torch import nn
+
+DEFAULT_EVERY = 300.0
+"""Seconds between two lines of one training (the runner's default)."""
+
+
+@dataclass
+class _Reporter:
+    label: str
+    every: float
+    stream: TextIO | None = None
+    last: float = field(default=-math.inf)
+
+    def write(self, text: str) -> None:
+        stream = self.stream or sys.stderr
+        print(f"[train] {self.label}: {text}", file=stream, flush=True)
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.every
+
+
+_ACTIVE: contextvars.ContextVar[_Reporter | None] = contextvars.ContextVar(
+    "backdoorkit_train_report", default=None
+)
+
+
+@contextlib.contextmanager
+def report_training(label: str, every: float = DEFAULT_EVERY, stream: TextIO | None = None) -> Iterator[None]:
+    """Inside the block, every ``fit`` writes epoch lines labelled ``label`` (see the module docstring)."""
+    if every < 0:
+        raise ValueError(f"report_training: every must be >= 0 seconds, got {every}")
+    token = _ACTIVE.set(_Reporter(label, float(every), stream))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def _size(model: nn.Module) -> str:
+    n = sum(p.numel() for p in model.parameters())
+    return f"{n / 1e6:.1f}M params" if n >= 1e5 else f"{n / 1e3:.1f}k params"
+
+
+class EpochLines:
+    """One ``fit`` call's reporter (a no-op outside :func:`report_training`)."""
+
+    def __init__(self, model: nn.Module, data_name: str, images: int, epochs: int) -> None:
+        self._reporter = _ACTIVE.get()
+        self.epochs = epochs
+        if self._reporter is not None:
+            self._what = f"{type(model).__name__} {_size(model)} on {data_name} ({images:,} images)"
+        self._start = time.perf_counter()
+        self._first_epoch = 0
+        self._spoke = False
+
+    def resumed(self, epoch: int) -> None:
+        """The call goes on from a snapshot taken after ``epoch`` epochs."""
+        self._first_epoch = epoch
+        if self._reporter is not None:
+            self._reporter.write(f"{self._what}, resumed after epoch {epoch}/{self.epochs} from its snapshot")
+            self._spoke = True
+
+    def epoch_end(self, epoch: int, loss: float, accuracy: float) -> None:
+        """Epoch ``epoch`` (1-based, counting restored epochs) has ended."""
+        r = self._reporter
+        if r is None:
+            return
+        last = epoch >= self.epochs
+        if not (r.due() or (last and self._spoke)):
+            return
+        self._spoke = True
+        ran = time.perf_counter() - self._start
+        pace = ran / max(1, epoch - self._first_epoch)
+        left = "done" if last else f"~{_duration(pace * (self.epochs - epoch))} left"
+        r.write(
+            f"{self._what}, epoch {epoch}/{self.epochs}, loss {loss:.3f}, acc {100 * accuracy:.1f} %, "
+            f"{_duration(ran)} in this run, {left}"
+        )
