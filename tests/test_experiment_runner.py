@@ -577,16 +577,23 @@ def test_a_gated_cell_does_not_shorten_the_eta() -> None:
 def test_a_run_written_to_a_file_reports_its_trainings_epoch_by_epoch(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """Line-by-line progress (no live view) adds each job's epoch lines (:mod:`backdoorkit.train_report`),
-    labelled with the job; ``epoch_lines=0`` and ``quiet`` write none."""
+    """Line-by-line progress (no live view) turns on each job's epoch lines (every 300 s by default,
+    :mod:`backdoorkit.train_report`), labelled with the job; ``epoch_lines=0``, ``quiet`` and a live view
+    write none."""
+    from types import SimpleNamespace
+
+    from backdoorkit.experiment.runner import _epoch_lines
+
+    for quiet, live, every in [(False, False, 300.0), (True, False, None), (False, True, None)]:
+        assert _epoch_lines(None, SimpleNamespace(quiet=quiet, live_enabled=live)) == every  # type: ignore[arg-type]
     spec = tiny(tmp_path)
-    run_experiment(spec, db=tmp_path / "a.db", cache_dir=tmp_path / "c1", live=False)
+    run_experiment(spec, db=tmp_path / "a.db", cache_dir=tmp_path / "c1", live=False, epoch_lines=1e-9)
     err = capfd.readouterr().err
     trains = [line for line in err.splitlines() if line.startswith("[train] ")]
-    # the clean model's one epoch (then, within 300 s, the victim's training stays silent)
-    assert len(trains) == 1, err
-    assert trains[0].startswith("[train] digits resnet18-w4 badnets / none seed 0: ResNet "), trains
-    assert "(270 images), epoch 1/1, loss " in trains[0] and trains[0].endswith("done"), trains
+    assert len(trains) == 2, err  # the clean reference and the victim, one epoch each, in the cell's job
+    for line in trains:
+        assert line.startswith("[train] digits resnet18-w4 badnets / none seed 0: ResNet "), trains
+        assert "(270 images), epoch 1/1, loss " in line and line.endswith("done"), trains
     run_experiment(spec, db=tmp_path / "b.db", cache_dir=tmp_path / "c2", live=False, epoch_lines=0)
     run_experiment(spec, db=tmp_path / "c.db", cache_dir=tmp_path / "c3", quiet=True)
     assert "[train]" not in capfd.readouterr().err

@@ -282,10 +282,11 @@ def test_epoch_lines_say_what_trains_how_far_and_what_is_left(
     small: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """:func:`report_training`: an epoch line per due epoch (model, data, epoch k/E, time left), the end of
-    a call that spoke, one line for a resumed start; at most one line per ``every`` over the whole block;
-    nothing outside the block."""
+    a call that spoke, one line for a resumed start; nothing before ``every`` seconds; nothing outside
+    the block."""
     import io
 
+    from backdoorkit import train_report
     from backdoorkit.train_report import report_training
 
     fit(_model(small), small, CFG)
@@ -302,12 +303,20 @@ def test_epoch_lines_say_what_trains_how_far_and_what_is_left(
     assert lines[0].endswith("left") and lines[-1].endswith("done")
 
     buf = io.StringIO()
-    with report_training("two calls", every=3600, stream=buf):
+    with report_training("short calls", every=3600, stream=buf):
         fit(_model(small), small, CFG)
-        fit(_model(small), small, CFG)  # not due, and it never spoke: silent
+        fit(_model(small), small, CFG)
+    assert buf.getvalue() == ""  # nothing is due before an hour: short trainings stay silent
+    clock = [0.0]
+    monkeypatch.setattr(train_report, "_clock", lambda: clock[0])
+    buf = io.StringIO()
+    with report_training("an hour a epoch", every=3600, stream=buf):
+        model = _model(small)
+        clock[0] = 3600.0  # the first epoch ends an hour after the block began: due
+        fit(model, small, CFG.model_copy(update={"epochs": 1}))
     lines = buf.getvalue().splitlines()
-    assert len(lines) == 2 and "epoch 1/3" in lines[0] and lines[0].endswith("left"), lines
-    assert "epoch 3/3" in lines[1] and lines[1].endswith("done")
+    assert len(lines) == 1 and "epoch 1/1" in lines[0] and lines[0].endswith("done"), lines
+    monkeypatch.undo()
 
     folder = tmp_path / "partial"
     with monkeypatch.context() as m:
@@ -318,6 +327,7 @@ def test_epoch_lines_say_what_trains_how_far_and_what_is_left(
     with resumable_training(folder), report_training("resumed", every=3600, stream=buf):
         fit(_model(small), small, CFG)
     lines = buf.getvalue().splitlines()
-    assert "resumed after epoch 1/3 from its snapshot" in lines[0] and lines[-1].endswith("done"), lines
+    assert len(lines) == 2 and "resumed after epoch 1/3 from its snapshot" in lines[0], lines
+    assert "epoch 3/3" in lines[1] and lines[1].endswith("done")
     with pytest.raises(ValueError, match="every must be >= 0"), report_training("x", every=-1):
         pass

@@ -3,8 +3,9 @@
 A full-width ResNet-18 trains for hours on a CPU, and a run whose output goes to a file (``nohup``, a CI
 log, a batch job) would otherwise say nothing between "started" and the cell's result.  Inside ``with
 report_training(label):`` every :func:`~backdoorkit.train.fit` call writes one line to standard error at
-the end of an epoch, at most once every ``every`` seconds over all the calls in the block (a resumed
-start always, and the end of a call that has written a line before), for example::
+the end of an epoch once ``every`` seconds have passed since the block began or since its last line, over
+all the calls in the block (so a job of short trainings says nothing), plus a line for a start resumed
+from a snapshot and one for the end of a call that has written a line before, for example::
 
     [train] label_consistent model cifar10 resnet18-w16 seed 0: ResNet 11.2M params on cifar10 (45,000
     images), epoch 3/30, loss 1.234, acc 56.7 %, 0:13:45 in this run, ~2:04:00 left
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
 import sys
 import time
 from collections.abc import Iterator
@@ -32,20 +32,24 @@ DEFAULT_EVERY = 300.0
 """Seconds between two lines of one training (the runner's default)."""
 
 
+def _clock() -> float:
+    return time.monotonic()
+
+
 @dataclass
 class _Reporter:
     label: str
     every: float
     stream: TextIO | None = None
-    last: float = field(default=-math.inf)
+    last: float = field(default_factory=lambda: _clock())  # the block's start: short trainings stay silent
 
     def write(self, text: str) -> None:
         stream = self.stream or sys.stderr
         print(f"[train] {self.label}: {text}", file=stream, flush=True)
-        self.last = time.monotonic()
+        self.last = _clock()
 
     def due(self) -> bool:
-        return time.monotonic() - self.last >= self.every
+        return _clock() - self.last >= self.every
 
 
 _ACTIVE: contextvars.ContextVar[_Reporter | None] = contextvars.ContextVar(
