@@ -83,3 +83,30 @@ def test_missing_model_is_a_miss_but_a_broken_entry_raises(tmp_path: Path, tiny:
         cache.get_model("m", "key")
     with pytest.raises(ModelFileError):
         cache.get_or_compute_model("m", "key", lambda: pytest.fail("must not retrain"))
+
+
+def test_read_only_folders_serve_misses_and_are_never_written(tmp_path: Path, tiny: nn.Module) -> None:
+    """``ArtifactCache(root, read_only=[...])``: an entry copied from another cache is a hit (tensors,
+    models, metadata); the root's own entry wins; every write goes to the root."""
+    import shutil
+
+    maker = ArtifactCache(tmp_path / "maker")
+    maker.put_tensors("perturbed", "k1", {"x": torch.arange(6, dtype=torch.uint8)}, meta={"what": "pgd"})
+    maker.put_model("attacker_models", "m1", tiny)
+    shipped = tmp_path / "shipped"
+    shutil.copytree(maker.root, shipped)
+    before = sorted(p.relative_to(shipped) for p in shipped.rglob("*"))
+
+    cache = ArtifactCache(tmp_path / "fresh", read_only=[tmp_path / "absent", shipped])
+    calls = []
+    got = cache.get_or_compute_tensors("perturbed", "k1", lambda: calls.append(1) or {"x": torch.zeros(1)})
+    assert calls == [] and torch.equal(got["x"], torch.arange(6, dtype=torch.uint8))
+    assert cache.has("perturbed", "k1") and cache.meta("perturbed", "k1") == {"what": "pgd"}
+    model = cache.get_or_compute_model("attacker_models", "m1", lambda: calls.append(2) or tiny)
+    assert calls == [] and model_digest(model) == model_digest(tiny)
+    assert not cache.has("perturbed", "other") and cache.get_model("attacker_models", "other") is None
+    cache.put_tensors("perturbed", "k1", {"x": torch.ones(2)})  # the root's own entry wins from now on
+    assert torch.equal(cache.get_tensors("perturbed", "k1")["x"], torch.ones(2))  # type: ignore[index]
+    cache.get_or_compute_tensors("perturbed", "k2", lambda: {"x": torch.ones(3)})
+    assert (cache.root / "perturbed" / "k2.safetensors").is_file()
+    assert sorted(p.relative_to(shipped) for p in shipped.rglob("*")) == before  # never written

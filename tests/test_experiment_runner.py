@@ -601,3 +601,25 @@ def test_a_run_written_to_a_file_reports_its_trainings_epoch_by_epoch(
 
     with pytest.raises(ConfigError, match="--epoch-lines -1: need seconds >= 0"):
         run_experiment(spec, db=tmp_path / "d.db", cache_dir=tmp_path / "c3", epoch_lines=-1)
+
+
+def test_a_spec_reads_shipped_artefacts_from_its_read_only_caches(tmp_path: Path) -> None:
+    """``read_only_caches``: a victim copied from another run's cache is used, not retrained, and nothing
+    is written there; a folder that does not exist is a one-line error before anything runs."""
+    import shutil
+
+    from backdoorkit.errors import ConfigError
+
+    first = tiny(tmp_path, "first.yaml", clean_model=False)
+    run_experiment(first, db=tmp_path / "a.db", cache_dir=tmp_path / "c1", quiet=True)
+    shipped = tmp_path / "shipped"
+    shutil.copytree(tmp_path / "c1" / "backdoored_model", shipped / "backdoored_model")
+    spec = tiny(tmp_path, "second.yaml", clean_model=False, read_only_caches=["shipped"])
+    before = fit_calls()
+    summary = run_experiment(spec, db=tmp_path / "b.db", cache_dir=tmp_path / "c2", quiet=True)
+    assert summary.done == 1 and fit_calls() == before  # the victim came from the shipped folder
+    assert not (tmp_path / "c2" / "backdoored_model").exists()
+    assert [r["metrics"] for r in rows(tmp_path / "a.db")] == [r["metrics"] for r in rows(tmp_path / "b.db")]
+    missing = tiny(tmp_path, "third.yaml", read_only_caches=["nowhere"])
+    with pytest.raises(ConfigError, match=r"read_only_caches: .*nowhere is not a folder"):
+        run_experiment(missing, db=tmp_path / "c.db", cache_dir=tmp_path / "c3", quiet=True)

@@ -6,7 +6,12 @@ atomic (temporary file + rename), so a killed process never leaves a half-writte
 processes writing the same key simply produce the same file twice.
 
 The root is the caller's (``ArtifactCache(root)``, e.g. a spec's ``cache_dir``), else
-``$BACKDOORKIT_CACHE`` or ``~/.cache/backdoorkit``.
+``$BACKDOORKIT_CACHE`` or ``~/.cache/backdoorkit``.  ``read_only`` folders of the same layout are
+consulted, in order, where the root misses and are never written: a reproduction can ship an artefact that
+takes hours to compute and little space to keep (a spec's ``read_only_caches``; e.g. the label-consistent
+perturbations of a full-width attacker model that trains for two hours on a CPU) by copying its
+``<kind>/<key>.safetensors`` and ``.json`` from a cache.  What they hold is read as a cache entry is
+(safetensors and JSON, nothing unpickled) and used only where that exact key is asked for.
 
 * :meth:`ArtifactCache.get_or_compute_tensors` / :meth:`ArtifactCache.get_or_compute_model` are the one
   "load, else compute and store" sequence.  A missing or corrupt tensor entry is a miss; a model entry
@@ -28,7 +33,7 @@ import json
 import os
 import tempfile
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -103,11 +108,25 @@ class Memo(Generic[T]):
 class ArtifactCache:
     """Directory of ``<kind>/<key>.safetensors`` (+ ``.json``) entries."""
 
-    def __init__(self, root: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path | None = None, read_only: Sequence[str | Path] = ()) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        self.read_only = tuple(Path(p).expanduser() for p in read_only)
 
     def _path(self, kind: str, key: str, suffix: str) -> Path:
+        """Where an entry is written (always under the root)."""
         return self.root / kind / f"{key}{suffix}"
+
+    def _found(self, kind: str, key: str, suffix: str) -> Path:
+        """Where an entry is read: the root's file, else the first read-only folder's that has it (the
+        root's path when none has it)."""
+        path = self._path(kind, key, suffix)
+        if path.is_file():
+            return path
+        for folder in self.read_only:
+            other = folder / kind / f"{key}{suffix}"
+            if other.is_file():
+                return other
+        return path
 
     def partial(self, key: str) -> Path:
         """The folder of the per-epoch training snapshots (:mod:`backdoorkit.resume`) of the model that
@@ -116,7 +135,7 @@ class ArtifactCache:
 
     # ------------------------------------------------------------------ tensors
     def has(self, kind: str, key: str) -> bool:
-        return self._path(kind, key, ".safetensors").is_file()
+        return self._found(kind, key, ".safetensors").is_file()
 
     def put_tensors(
         self, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None
@@ -136,7 +155,7 @@ class ArtifactCache:
     def get_tensors(self, kind: str, key: str) -> dict[str, torch.Tensor] | None:
         from safetensors.torch import load_file
 
-        path = self._path(kind, key, ".safetensors")
+        path = self._found(kind, key, ".safetensors")
         if not path.is_file():
             return None
         try:
@@ -145,7 +164,7 @@ class ArtifactCache:
             return None
 
     def meta(self, kind: str, key: str) -> dict[str, Any] | None:
-        path = self._path(kind, key, ".json")
+        path = self._found(kind, key, ".json")
         if not path.is_file():
             return None
         try:
@@ -183,7 +202,7 @@ class ArtifactCache:
         """
         from backdoorkit.checkpoint import load_model
 
-        path = self._path(kind, key, ".safetensors")
+        path = self._found(kind, key, ".safetensors")
         if not path.is_file():
             return None
         return load_model(path, model=model, device=device)

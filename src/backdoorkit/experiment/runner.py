@@ -131,6 +131,7 @@ class Scheduler:
         progress: Progress,
         retry_failed: bool,
         epoch_lines: float | None = None,
+        read_only: list[str] | None = None,
     ) -> None:
         self.waiting = list(jobs)
         self.store = store
@@ -140,6 +141,7 @@ class Scheduler:
         self.progress = progress
         self.retry_failed = retry_failed
         self.epoch_lines = epoch_lines
+        self.read_only = read_only or []
         self.finished: set[str] = set()
         self.inflight: dict[Future, Job] = {}
         self.done = 0
@@ -156,6 +158,8 @@ class Scheduler:
 
     def _payload(self, job: Job) -> dict[str, Any]:
         payload: dict[str, Any] = {"kind": job.kind, "cell": job.cell, "cache": self.cache_root}
+        if self.read_only:
+            payload["read_only"] = self.read_only
         if self.epoch_lines:
             label = describe(job.cell) if job.kind == "cell" else describe_prep(job)
             payload["epoch_lines"] = {"label": label, "every": self.epoch_lines}
@@ -250,6 +254,9 @@ def run_experiment(
         raise ConfigError(f"--jobs {jobs}: need at least one job")
     if epoch_lines is not None and epoch_lines < 0:
         raise ConfigError(f"--epoch-lines {epoch_lines:g}: need seconds >= 0 (0 for none)")
+    for folder in spec.read_only_caches:
+        if not (spec.resolve(folder) or Path(folder)).is_dir():
+            raise ConfigError(f"read_only_caches: {spec.resolve(folder)} is not a folder")
     plan = expand(spec)
     preflight(plan, executor)
     chosen = {c.hash for c in (select_cells(plan.runnable, only) if only else plan.runnable)}
@@ -313,6 +320,7 @@ def run_experiment(
                     progress=progress,
                     retry_failed=retry_failed,
                     epoch_lines=_epoch_lines(epoch_lines, progress),
+                    read_only=[str(spec.resolve(p)) for p in spec.read_only_caches],
                 )
                 sched.run()
             summary.done, summary.failed, summary.elsewhere = sched.done, sched.failed, sched.elsewhere

@@ -190,6 +190,11 @@ class Spec(_Strict):
         "the defenses never see the test split",
     )
     cache_dir: str | None = None
+    read_only_caches: list[str] = Field(
+        default_factory=list,
+        description="folders of cache entries (the cache's <kind>/<key> layout) read where the cache "
+        "misses and never written: artefacts shipped with a reproduction (relative to the spec)",
+    )
     db: str | None = None
     ray: RaySettings = Field(default_factory=RaySettings)
     base_dir: str | None = Field(

@@ -492,7 +492,7 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     lines = job.get("epoch_lines")  # {"label", "every"}: epoch lines of long trainings to stderr
     report = report_training(lines["label"], lines["every"]) if lines else contextlib.nullcontext()
     try:
-        work = CellWork(job["cell"], ArtifactCache(job["cache"]))
+        work = CellWork(job["cell"], ArtifactCache(job["cache"], job.get("read_only", ())))
         with report:
             if job["kind"] == "clean":
                 work.clean_model()
