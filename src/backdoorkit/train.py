@@ -417,6 +417,7 @@ def fit(
             while step < total and not state.stop:
                 loss_sum = torch.zeros((), device=device)
                 correct = torch.zeros((), device=device, dtype=torch.long)
+                scored = False  # a loss that returns logits: the epoch has an accuracy
                 seen = 0
                 for idx in index_batches(
                     len(data), bs, shuffle=True, generator=gen, drop_last=cfg.drop_last, device=device
@@ -442,6 +443,7 @@ def fit(
                     finite.record(loss, state.step)
                     loss_sum += loss * len(idx)
                     if logits is not None:
+                        scored = True
                         correct += (logits.detach().argmax(1) == batch.y).sum()
                     seen += len(idx)
                     step += 1
@@ -459,7 +461,8 @@ def fit(
                 result.steps = step
                 if progress is not None:
                     progress.describe(result.losses[-1], result.accuracies[-1])
-                lines.epoch_end(len(result.losses), result.losses[-1], result.accuracies[-1])
+                accuracy = result.accuracies[-1] if scored else None
+                lines.epoch_end(len(result.losses), result.losses[-1], accuracy)
                 state.epoch += 1
                 stops = [bool(cb.on_epoch_end(state)) for cb in callbacks]
                 state.stop = state.stop or any(stops)

@@ -100,8 +100,9 @@ class EpochLines:
             self._reporter.write(f"{self._what}, resumed after epoch {epoch}/{self.epochs} from its snapshot")
             self._spoke = True
 
-    def epoch_end(self, epoch: int, loss: float, accuracy: float) -> None:
-        """Epoch ``epoch`` (1-based, counting restored epochs) has ended."""
+    def epoch_end(self, epoch: int, loss: float, accuracy: float | None) -> None:
+        """Epoch ``epoch`` (1-based, counting restored epochs) has ended (``accuracy`` ``None``: the loss
+        gave no logits)."""
         r = self._reporter
         if r is None:
             return
@@ -113,6 +114,7 @@ class EpochLines:
         pace = ran / max(1, epoch - self._first_epoch)
         left = "done" if last else f"~{_duration(pace * (self.epochs - epoch))} left"
         r.write(
-            f"{self._what}, epoch {epoch}/{self.epochs}, loss {loss:.3f}, acc {100 * accuracy:.1f} %, "
-            f"{_duration(ran)} in this run, {left}"
+            f"{self._what}, epoch {epoch}/{self.epochs}, loss {loss:.3f}"
+            + ("" if accuracy is None else f", acc {100 * accuracy:.1f} %")
+            + f", {_duration(ran)} in this run, {left}"
         )
