@@ -623,3 +623,34 @@ def test_a_spec_reads_shipped_artefacts_from_its_read_only_caches(tmp_path: Path
     missing = tiny(tmp_path, "third.yaml", read_only_caches=["nowhere"])
     with pytest.raises(ConfigError, match=r"read_only_caches: .*nowhere is not a folder"):
         run_experiment(missing, db=tmp_path / "c.db", cache_dir=tmp_path / "c3", quiet=True)
+
+
+def test_the_live_view_shows_each_running_jobs_latest_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a live view the runner has every job keep its latest epoch in a status file (and no epoch
+    lines); the view appends it to the job's row; the folder is gone after the run."""
+    from rich.console import Console
+
+    from backdoorkit import train_report
+    from backdoorkit.experiment.progress import Progress, status_file
+
+    seen: list[tuple[str, str]] = []
+    real = train_report._Reporter.set_status
+
+    def spy(self: Any, text: str) -> None:
+        seen.append((str(self.status), text))
+        real(self, text)
+
+    monkeypatch.setattr(train_report._Reporter, "set_status", spy)
+    run_experiment(tiny(tmp_path), db=tmp_path / "a.db", cache_dir=tmp_path / "c", live=True)
+    assert [text for _, text in seen] == ["epoch 1/1, done"] * 2  # the clean model and the victim
+    assert all(path and not Path(path).exists() for path, _ in seen)  # removed with the run's folder
+
+    progress = Progress(2, live=False, console=Console(record=True, width=200))
+    progress.status_dir = tmp_path / "status"
+    progress.status_dir.mkdir()
+    progress.started("cellA", "digits resnet18-w4 badnets / none seed 0")
+    status_file(progress.status_dir, "cellA").write_text("epoch 3/30, ~2:04:00 left")
+    progress.console.print(progress)
+    assert "badnets / none seed 0 · epoch 3/30, ~2:04:00 left" in progress.console.export_text()

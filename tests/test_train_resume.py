@@ -331,3 +331,7 @@ def test_epoch_lines_say_what_trains_how_far_and_what_is_left(
     assert "epoch 3/3" in lines[1] and lines[1].endswith("done")
     with pytest.raises(ValueError, match="every must be >= 0"), report_training("x", every=-1):
         pass
+    status = tmp_path / "status" / "job.txt"  # the live view's form: the latest epoch, no lines
+    with report_training("live", every=None, status=status):
+        fit(_model(small), small, CFG)
+    assert status.read_text() == "epoch 3/3, done" and capsys.readouterr().err == ""

@@ -10,20 +10,25 @@ from a snapshot and one for the end of a call that has written a line before, fo
     [train] label_consistent model cifar10 resnet18-w16 seed 0: ResNet 11.2M params on cifar10 (45,000
     images), epoch 3/30, loss 1.234, acc 56.7 %, 0:13:45 in this run, ~2:04:00 left
 
-"left" extrapolates the pace of the epochs trained in this process (not those a snapshot restored).  The
-experiment runner turns this on for every job when its progress goes to a file rather than a live
-terminal view (``backdoorkit run --epoch-lines SECONDS``; 0 turns it off).  The lines carry no metric
-of the test set: a training loss and accuracy on the data the call trains on.
+"left" extrapolates the pace of the epochs trained in this process (not those a snapshot restored).  With
+``status=path`` the block also keeps the latest epoch's short form ("epoch 3/30, ~2:04:00 left") in that
+file, rewritten at every epoch end: the experiment runner's live terminal view shows it beside each running
+job, whichever process runs it.  The runner writes the lines for every job when its progress goes to a file
+(``backdoorkit run --epoch-lines SECONDS``; 0 turns them off) and the status files when it shows a live
+view.  Neither carries a metric of the test set: a training loss and accuracy on the data the call trains
+on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 from torch import nn
@@ -39,17 +44,29 @@ def _clock() -> float:
 @dataclass
 class _Reporter:
     label: str
-    every: float
+    every: float | None  # None: no lines, only the status file
     stream: TextIO | None = None
+    status: Path | None = None
     last: float = field(default_factory=lambda: _clock())  # the block's start: short trainings stay silent
 
     def write(self, text: str) -> None:
+        if self.every is None:
+            return
         stream = self.stream or sys.stderr
         print(f"[train] {self.label}: {text}", file=stream, flush=True)
         self.last = _clock()
 
     def due(self) -> bool:
-        return _clock() - self.last >= self.every
+        return self.every is not None and _clock() - self.last >= self.every
+
+    def set_status(self, text: str) -> None:
+        if self.status is None:
+            return
+        with contextlib.suppress(OSError):  # a status line is never worth failing a training for
+            self.status.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.status.with_name(self.status.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, self.status)
 
 
 _ACTIVE: contextvars.ContextVar[_Reporter | None] = contextvars.ContextVar(
@@ -58,11 +75,19 @@ _ACTIVE: contextvars.ContextVar[_Reporter | None] = contextvars.ContextVar(
 
 
 @contextlib.contextmanager
-def report_training(label: str, every: float = DEFAULT_EVERY, stream: TextIO | None = None) -> Iterator[None]:
-    """Inside the block, every ``fit`` writes epoch lines labelled ``label`` (see the module docstring)."""
-    if every < 0:
+def report_training(
+    label: str,
+    every: float | None = DEFAULT_EVERY,
+    stream: TextIO | None = None,
+    status: str | Path | None = None,
+) -> Iterator[None]:
+    """Inside the block, every ``fit`` writes epoch lines labelled ``label`` (``every`` ``None``: none) and
+    keeps its latest epoch in the file ``status`` (see the module docstring)."""
+    if every is not None and every < 0:
         raise ValueError(f"report_training: every must be >= 0 seconds, got {every}")
-    token = _ACTIVE.set(_Reporter(label, float(every), stream))
+    where = Path(status) if status else None
+    reporter = _Reporter(label, None if every is None else float(every), stream, where)
+    token = _ACTIVE.set(reporter)
     try:
         yield
     finally:
@@ -97,6 +122,7 @@ class EpochLines:
         """The call goes on from a snapshot taken after ``epoch`` epochs."""
         self._first_epoch = epoch
         if self._reporter is not None:
+            self._reporter.set_status(f"resumed after epoch {epoch}/{self.epochs}")
             self._reporter.write(f"{self._what}, resumed after epoch {epoch}/{self.epochs} from its snapshot")
             self._spoke = True
 
@@ -107,12 +133,13 @@ class EpochLines:
         if r is None:
             return
         last = epoch >= self.epochs
-        if not (r.due() or (last and self._spoke)):
-            return
-        self._spoke = True
         ran = time.perf_counter() - self._start
         pace = ran / max(1, epoch - self._first_epoch)
         left = "done" if last else f"~{_duration(pace * (self.epochs - epoch))} left"
+        r.set_status(f"epoch {epoch}/{self.epochs}, {left}")
+        if not (r.due() or (last and self._spoke)):
+            return
+        self._spoke = True
         r.write(
             f"{self._what}, epoch {epoch}/{self.epochs}, loss {loss:.3f}"
             + ("" if accuracy is None else f", acc {100 * accuracy:.1f} %")

@@ -3,9 +3,11 @@ finished cell otherwise, nothing with ``quiet``."""
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -20,6 +22,11 @@ def describe(cell: Cell) -> str:
     return (
         f"{cell.dataset.label} {cell.model_label} {cell.attack_label} / {cell.defense_label} seed {cell.seed}"
     )
+
+
+def status_file(folder: Path, key: str) -> Path:
+    """The file a job's latest epoch is kept in while it runs (:mod:`backdoorkit.train_report`)."""
+    return folder / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.txt"
 
 
 def _pct(v: Any) -> str:
@@ -61,6 +68,7 @@ class Progress:
         self.running: dict[str, tuple[str, float]] = {}
         self.preparing: dict[str, tuple[str, float]] = {}
         self.durations: list[float] = []
+        self.status_dir: Path | None = None  # the runner's folder of the running jobs' latest epochs
         self.failures: list[str] = []
         self.start = time.perf_counter()
         self._lock = threading.Lock()
@@ -140,6 +148,16 @@ class Progress:
         mean = sum(self.durations) / len(self.durations)
         return mean * remaining / self.slots
 
+    def _epoch(self, key: str) -> str:
+        """`` · epoch 3/30, ~2:04:00 left`` for a job whose training keeps a status file, else ``""``."""
+        if self.status_dir is None:
+            return ""
+        try:
+            line = status_file(self.status_dir, key).read_text().strip()
+        except OSError:
+            return ""
+        return f" · {line}" if line else ""
+
     def __rich__(self) -> Group:
         with self._lock:
             elapsed = time.perf_counter() - self.start
@@ -163,10 +181,10 @@ class Progress:
             table.add_column(style="cyan")
             table.add_column(justify="right", style="dim")
             now = time.perf_counter()
-            for text, t0 in list(self.preparing.values())[:4]:
-                table.add_row(f"preparing {text}", _duration(now - t0))
-            for text, t0 in list(self.running.values())[:8]:
-                table.add_row(text, _duration(now - t0))
+            for key, (text, t0) in list(self.preparing.items())[:4]:
+                table.add_row(f"preparing {text}{self._epoch(key)}", _duration(now - t0))
+            for key, (text, t0) in list(self.running.items())[:8]:
+                table.add_row(f"{text}{self._epoch(key)}", _duration(now - t0))
             parts: list[Any] = [head, table]
             for line in self.failures[-3:]:
                 parts.append(Text(f"failed: {line}", style="red", overflow="ellipsis", no_wrap=True))

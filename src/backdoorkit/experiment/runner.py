@@ -19,6 +19,7 @@ cells of its spec (``--force`` recomputes them, from the artefact cache where po
 from __future__ import annotations
 
 import functools
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -29,7 +30,7 @@ from typing import Any
 from backdoorkit.cache import ArtifactCache
 from backdoorkit.errors import ConfigError, one_line
 from backdoorkit.experiment.executors import Executor, make_executor
-from backdoorkit.experiment.progress import Progress, describe
+from backdoorkit.experiment.progress import Progress, describe, status_file
 from backdoorkit.experiment.spec import NO_ATTACK, Cell, Plan, Spec, expand, load_spec
 from backdoorkit.experiment.store import ResultStore
 
@@ -132,6 +133,7 @@ class Scheduler:
         retry_failed: bool,
         epoch_lines: float | None = None,
         read_only: list[str] | None = None,
+        status_dir: Path | None = None,
     ) -> None:
         self.waiting = list(jobs)
         self.store = store
@@ -142,6 +144,7 @@ class Scheduler:
         self.retry_failed = retry_failed
         self.epoch_lines = epoch_lines
         self.read_only = read_only or []
+        self.status_dir = status_dir
         self.finished: set[str] = set()
         self.inflight: dict[Future, Job] = {}
         self.done = 0
@@ -160,13 +163,20 @@ class Scheduler:
         payload: dict[str, Any] = {"kind": job.kind, "cell": job.cell, "cache": self.cache_root}
         if self.read_only:
             payload["read_only"] = self.read_only
-        if self.epoch_lines:
+        status = str(self._status(job)) if self.status_dir is not None else None
+        if self.epoch_lines or status:
             label = describe(job.cell) if job.kind == "cell" else describe_prep(job)
-            payload["epoch_lines"] = {"label": label, "every": self.epoch_lines}
+            payload["epoch_lines"] = {"label": label, "every": self.epoch_lines or None, "status": status}
         return payload
+
+    def _status(self, job: Job) -> Path:
+        assert self.status_dir is not None
+        return status_file(self.status_dir, job.cell.hash if job.kind == "cell" else job.key)
 
     def _record(self, job: Job, result: dict[str, Any]) -> None:
         self.finished.add(job.key)
+        if self.status_dir is not None:
+            self._status(job).unlink(missing_ok=True)
         if job.kind != "cell":
             self.progress.prepared(job.key, result)
             return
@@ -308,9 +318,14 @@ def run_experiment(
             if not todo:
                 return summary
             ex = make_executor(executor, jobs, spec.ray)
-            with Progress(
+            view = Progress(
                 len(todo), slots=ex.slots, quiet=quiet, live=live, skipped=len(plan.skipped), already=already
-            ) as progress:
+            )
+            with view as progress, tempfile.TemporaryDirectory(prefix="backdoorkit-progress-") as status:
+                # the live view shows each running job's latest epoch, written by whichever local process
+                # runs it (a Ray task may run on another machine)
+                local = progress.live_enabled and ex.name == "local"
+                progress.status_dir = Path(status) if local else None
                 sched = Scheduler(
                     plan_jobs(todo),
                     store=store,
@@ -321,6 +336,7 @@ def run_experiment(
                     retry_failed=retry_failed,
                     epoch_lines=_epoch_lines(epoch_lines, progress),
                     read_only=[str(spec.resolve(p)) for p in spec.read_only_caches],
+                    status_dir=progress.status_dir,
                 )
                 sched.run()
             summary.done, summary.failed, summary.elsewhere = sched.done, sched.failed, sched.elsewhere

@@ -489,8 +489,13 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     work: CellWork | None = None
     out: dict[str, Any] = {}
-    lines = job.get("epoch_lines")  # {"label", "every"}: epoch lines of long trainings to stderr
-    report = report_training(lines["label"], lines["every"]) if lines else contextlib.nullcontext()
+    # {"label", "every", "status"}: epoch lines of long trainings to stderr, the latest epoch to a file
+    lines = job.get("epoch_lines")
+    report = (
+        report_training(lines["label"], lines["every"], status=lines.get("status"))
+        if lines
+        else contextlib.nullcontext()
+    )
     try:
         work = CellWork(job["cell"], ArtifactCache(job["cache"], job.get("read_only", ())))
         with report:
