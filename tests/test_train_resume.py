@@ -332,6 +332,10 @@ def test_epoch_lines_say_what_trains_how_far_and_what_is_left(
     with pytest.raises(ValueError, match="every must be >= 0"), report_training("x", every=-1):
         pass
     status = tmp_path / "status" / "job.txt"  # the live view's form: the latest epoch, no lines
+    with report_training("gone", every=None, status=status):
+        fit(_model(small), small, CFG)
+    assert not status.parent.exists()  # a missing folder is not made (the run that made it has ended)
+    status.parent.mkdir()
     with report_training("live", every=None, status=status):
         fit(_model(small), small, CFG)
     assert status.read_text() == "epoch 3/3, done" and capsys.readouterr().err == ""

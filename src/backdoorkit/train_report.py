@@ -62,8 +62,9 @@ class _Reporter:
     def set_status(self, text: str) -> None:
         if self.status is None:
             return
-        with contextlib.suppress(OSError):  # a status line is never worth failing a training for
-            self.status.parent.mkdir(parents=True, exist_ok=True)
+        # a status line is never worth failing a training for; a folder that is gone (the run ended) is
+        # not made again
+        with contextlib.suppress(OSError):
             tmp = self.status.with_name(self.status.name + ".tmp")
             tmp.write_text(text)
             os.replace(tmp, self.status)
@@ -82,7 +83,7 @@ def report_training(
     status: str | Path | None = None,
 ) -> Iterator[None]:
     """Inside the block, every ``fit`` writes epoch lines labelled ``label`` (``every`` ``None``: none) and
-    keeps its latest epoch in the file ``status`` (see the module docstring)."""
+    keeps its latest epoch in the file ``status``, in a folder that exists (see the module docstring)."""
     if every is not None and every < 0:
         raise ValueError(f"report_training: every must be >= 0 seconds, got {every}")
     where = Path(status) if status else None
