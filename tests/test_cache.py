@@ -110,3 +110,58 @@ def test_read_only_folders_serve_misses_and_are_never_written(tmp_path: Path, ti
     cache.get_or_compute_tensors("perturbed", "k2", lambda: {"x": torch.ones(3)})
     assert (cache.root / "perturbed" / "k2.safetensors").is_file()
     assert sorted(p.relative_to(shipped) for p in shipped.rglob("*")) == before  # never written
+
+
+def test_cache_list_and_copy_ship_entries_for_a_read_only_cache(
+    tmp_path: Path, tiny: nn.Module, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``backdoorkit cache list`` shows the entries (JSON: kind, key, bytes, metadata; not the training
+    snapshots); ``cache copy KIND/KEY --to DIR`` lays them out as a read-only cache reads them; bad names
+    are one-line errors."""
+    from hardening_helpers import cli_error, run_cli
+
+    root = tmp_path / "cache"
+    cache = ArtifactCache(root)
+    cache.put_tensors("label_consistent", "k1", {"x": torch.zeros(4, dtype=torch.uint8)}, meta={"seed": 0})
+    cache.put_model("attacker_models", "m1", tiny)
+    cache.put_json("selection", "s1", {"layers": ["layer1.1"]})
+    (cache.partial("m1") / "fit-0.pt").parent.mkdir(parents=True)
+    (cache.partial("m1") / "fit-0.pt").write_bytes(b"snapshot")
+    code, out, _ = run_cli(capsys, "cache", "list", "--cache-dir", str(root), "--json")
+    listed = {(e["kind"], e["key"]): e for e in json.loads(out)["entries"]}
+    assert code == 0 and set(listed) == {
+        ("label_consistent", "k1"),
+        ("attacker_models", "m1"),
+        ("selection", "s1"),
+    }
+    assert (
+        listed[("label_consistent", "k1")]["meta"] == {"seed": 0}
+        and listed[("attacker_models", "m1")]["bytes"] > 0
+    )
+    assert listed[("selection", "s1")]["meta"] == {"layers": ["layer1.1"]}
+    code, out, _ = run_cli(capsys, "cache", "list", "--cache-dir", str(root), "--kind", "label_consistent")
+    assert code == 0 and "label_consistent/k1" in out and "attacker_models" not in out
+
+    shipped = tmp_path / "shipped"
+    args = (
+        "cache",
+        "copy",
+        "label_consistent/k1",
+        "attacker_models/m1",
+        "--to",
+        str(shipped),
+        "--cache-dir",
+        str(root),
+    )
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and out.count("copied ") == 4
+    reader = ArtifactCache(tmp_path / "elsewhere", read_only=[shipped])
+    assert torch.equal(reader.get_tensors("label_consistent", "k1")["x"], torch.zeros(4, dtype=torch.uint8))  # type: ignore[index]
+    assert model_digest(reader.get_model("attacker_models", "m1")) == model_digest(tiny)  # type: ignore[arg-type]
+    assert "KIND/KEY" in cli_error(
+        capsys, "cache", "copy", "k1", "--to", str(shipped), "--cache-dir", str(root)
+    )
+    assert "no cache entry label_consistent/k9" in cli_error(
+        capsys, "cache", "copy", "label_consistent/k9", "--to", str(shipped), "--cache-dir", str(root)
+    )
+    assert "not a folder" in cli_error(capsys, "cache", "list", "--cache-dir", str(tmp_path / "nowhere"))

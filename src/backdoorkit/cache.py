@@ -34,11 +34,14 @@ import os
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
+
+from backdoorkit.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -103,6 +106,17 @@ class Memo(Generic[T]):
 
     def clear(self) -> None:
         self._items.clear()
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One entry of a cache: ``<kind>/<key>.safetensors`` (+ ``.json``), or a JSON-only one."""
+
+    kind: str
+    key: str
+    bytes: int
+    modified: float
+    meta: dict[str, Any]
 
 
 class ArtifactCache:
@@ -254,6 +268,38 @@ class ArtifactCache:
         fresh = compute()
         self.put_model(kind, key, fresh, meta=meta() if callable(meta) else meta)
         return fresh.eval()
+
+    # ------------------------------------------------------------------ listing and shipping
+    def entries(self, kind: str | None = None) -> list[CacheEntry]:
+        """The root's entries (``kind``: of that kind only), newest first; training snapshots are not
+        entries."""
+        out = []
+        for path in self.root.glob(f"{kind or '*'}/*.safetensors"):
+            if path.parent.name == "partial" or not path.is_file():
+                continue
+            stat = path.stat()
+            meta = self.meta(path.parent.name, path.stem)
+            out.append(CacheEntry(path.parent.name, path.stem, stat.st_size, stat.st_mtime, meta or {}))
+        for path in self.root.glob(f"{kind or '*'}/*.json"):  # JSON-only entries (put_json)
+            if path.parent.name != "partial" and not path.with_suffix(".safetensors").exists():
+                stat = path.stat()
+                content = self.meta(path.parent.name, path.stem) or {}
+                out.append(CacheEntry(path.parent.name, path.stem, stat.st_size, stat.st_mtime, content))
+        return sorted(out, key=lambda e: -e.modified)
+
+    def copy_entry(self, kind: str, key: str, folder: str | Path) -> list[Path]:
+        """Copy the entry ``kind/key`` (its safetensors and JSON files) into ``folder/kind/``, a folder
+        to name in a spec's ``read_only_caches``; returns the files written."""
+        import shutil
+
+        sources = [
+            p for p in (self._path(kind, key, ".safetensors"), self._path(kind, key, ".json")) if p.is_file()
+        ]
+        if not sources:
+            raise ConfigError(f"no cache entry {kind}/{key} under {self.root}")
+        target = Path(folder).expanduser() / kind
+        target.mkdir(parents=True, exist_ok=True)
+        return [Path(shutil.copy2(src, target / src.name)) for src in sources]
 
     def model_path(self, kind: str, key: str) -> Path:
         return self._path(kind, key, ".safetensors")
