@@ -231,6 +231,7 @@ def test_train_command_resumes_from_its_snapshots(
     args = ["train", "--json", "--epochs", "2", "--width", "4", "--device", "cpu", "--attack", "badnets"]
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err[-2000:]
+    assert "[train]" not in err  # a short training says nothing (epoch lines come every 300 s)
     whole = json.loads(out)
     assert whole["resumed"] is False and whole["images_per_second"] > 0
 
@@ -241,8 +242,13 @@ def test_train_command_resumes_from_its_snapshots(
             main([*args, "--snapshots", str(snaps)])
     assert (snaps / "fit-0.pt").is_file()
     capsys.readouterr()
-    code, out, err = run_cli(capsys, *args, "--snapshots", str(snaps))
+    code, out, err = run_cli(capsys, *args, "--snapshots", str(snaps), "--epoch-lines", "1e-9")
     assert code == 0, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("[train] ")]
+    assert len(lines) == 2 and all(
+        line.startswith("[train] train resnet18 on digits poisoned by badnets: ResNet ") for line in lines
+    ), err
+    assert "resumed after epoch 1/2" in lines[0] and "epoch 2/2" in lines[1] and lines[1].endswith("done")
     resumed = json.loads(out)
     assert resumed["resumed"] is True and resumed["images_per_second"] is None
     assert (resumed["ba"], resumed["asr"]) == (whole["ba"], whole["asr"])

@@ -23,11 +23,13 @@ from backdoorkit.cli.common import (
     ArchOpt,
     DataRootOpt,
     DeviceOpt,
+    EpochLinesOpt,
     JsonOpt,
     ParamOpt,
     check_output,
     console,
     emit_json,
+    epoch_lines,
     load_model_file,
     load_splits,
     parse_params,
@@ -130,6 +132,7 @@ def attack_cmd(
     device: str = DeviceOpt,
     data_root: Path | None = DataRootOpt,
     progress: bool = typer.Option(False, "--progress/--no-progress"),
+    epoch_lines_every: float | None = EpochLinesOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Train a backdoored MODEL on DATASET poisoned by ATTACK and a clean one the same way; print BA,
@@ -158,9 +161,10 @@ def attack_cmd(
         device=device,
         progress=progress and not json_out,
     )
-    summary, bd_model, _ = run_attack(
-        atk, train_set, test_set, arch=model, cfg=cfg, seed=seed, width=width, attacker=attacker
-    )
+    with epoch_lines(f"attack {model} on {dataset} with {atk.name}", epoch_lines_every, cfg.progress):
+        summary, bd_model, _ = run_attack(
+            atk, train_set, test_set, arch=model, cfg=cfg, seed=seed, width=width, attacker=attacker
+        )
     summary.update({"dataset": dataset, "model": model, "width": width, "seed": seed})
     if out is not None:
         from backdoorkit.checkpoint import save_model

@@ -32,6 +32,27 @@ ArchOpt = typer.Option(
 )
 
 
+EpochLinesOpt = typer.Option(
+    None,
+    "--epoch-lines",
+    min=0,
+    help="Seconds between the epoch lines of a long training (model, epoch, loss, time left) on stderr; "
+    "0: none. Default: 300 when stderr is not a terminal and --progress is off.",
+)
+
+
+def epoch_lines(label: str, asked: float | None, progress: bool) -> Any:
+    """The context a command trains in: epoch lines (:mod:`backdoorkit.train_report`) every ``asked``
+    seconds, by default every 300 s when nobody watches a progress bar (a log file, a batch job)."""
+    import contextlib
+    import sys
+
+    from backdoorkit.train_report import DEFAULT_EVERY, report_training
+
+    every = asked if asked is not None else (None if progress or sys.stderr.isatty() else DEFAULT_EVERY)
+    return report_training(label, every) if every else contextlib.nullcontext()
+
+
 check_output = check_writable
 """Refuse, before any work, an output path that cannot be written (:func:`paths.check_writable`)."""
 

@@ -15,11 +15,13 @@ from backdoorkit.cli.common import (
     ArchOpt,
     DataRootOpt,
     DeviceOpt,
+    EpochLinesOpt,
     JsonOpt,
     ParamOpt,
     check_output,
     console,
     emit_json,
+    epoch_lines,
     load_model_file,
     load_splits,
     parse_params,
@@ -62,6 +64,7 @@ def train(
     device: str = DeviceOpt,
     data_root: Path | None = DataRootOpt,
     progress: bool = typer.Option(False, "--progress/--no-progress"),
+    epoch_lines_every: float | None = EpochLinesOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Train MODEL on DATASET (optionally poisoned by ATTACK); print BA and ASR."""
@@ -113,7 +116,11 @@ def train(
 
     resumed = snapshots is not None and any(snapshots.glob("fit-*.pt"))
     start = time.perf_counter()
-    with resumable_training(snapshots) if snapshots is not None else contextlib.nullcontext():
+    label = f"train {model} on {dataset}" + (f" poisoned by {atk.name}" if atk is not None else "")
+    with (
+        resumable_training(snapshots) if snapshots is not None else contextlib.nullcontext(),
+        epoch_lines(label, epoch_lines_every, cfg.progress),
+    ):
         net = train_victim(atk, factory, poisoned, cfg)
     seconds = time.perf_counter() - start
     # a resumed run trained only the epochs that were left: no throughput figure for it
