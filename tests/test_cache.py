@@ -158,8 +158,12 @@ def test_cache_list_and_copy_ship_entries_for_a_read_only_cache(
     reader = ArtifactCache(tmp_path / "elsewhere", read_only=[shipped])
     assert torch.equal(reader.get_tensors("label_consistent", "k1")["x"], torch.zeros(4, dtype=torch.uint8))  # type: ignore[index]
     assert model_digest(reader.get_model("attacker_models", "m1")) == model_digest(tiny)  # type: ignore[arg-type]
-    assert "KIND/KEY" in cli_error(
-        capsys, "cache", "copy", "k1", "--to", str(shipped), "--cache-dir", str(root)
+    for bad in ("k1", "../label_consistent/k1", "label_consistent/a/b", "../k1"):
+        assert "KIND/KEY" in cli_error(
+            capsys, "cache", "copy", bad, "--to", str(shipped), "--cache-dir", str(root)
+        )
+    assert "this cache itself" in cli_error(
+        capsys, "cache", "copy", "label_consistent/k1", "--to", str(root), "--cache-dir", str(root)
     )
     assert "no cache entry label_consistent/k9" in cli_error(
         capsys, "cache", "copy", "label_consistent/k9", "--to", str(shipped), "--cache-dir", str(root)

@@ -298,6 +298,8 @@ class ArtifactCache:
         if not sources:
             raise ConfigError(f"no cache entry {kind}/{key} under {self.root}")
         target = Path(folder).expanduser() / kind
+        if target.resolve() == sources[0].parent.resolve():
+            raise ConfigError(f"{folder}: that is this cache itself; copy into another folder")
         target.mkdir(parents=True, exist_ok=True)
         return [Path(shutil.copy2(src, target / src.name)) for src in sources]
 

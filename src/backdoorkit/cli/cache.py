@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,9 @@ cache_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(cache_app, name="cache")
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+"""What a kind or a key is made of (no path separators)."""
 
 CacheDirOpt = typer.Option(None, "--cache-dir", help="Artefact cache (default: $BACKDOORKIT_CACHE).")
 
@@ -88,7 +92,7 @@ def copy_cmd(
     pairs = []
     for name in entries:
         kind, _, key = name.strip("/").partition("/")
-        if not kind or not key or "/" in key:
+        if not (_NAME.fullmatch(kind) and _NAME.fullmatch(key)) or {kind, key} & {".", ".."}:
             raise ConfigError(f"{name!r}: name an entry as KIND/KEY (see `backdoorkit cache list`)")
         pairs.append((kind, key))
     for kind, key in pairs:
