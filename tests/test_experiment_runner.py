@@ -654,3 +654,32 @@ def test_the_live_view_shows_each_running_jobs_latest_epoch(
     status_file(progress.status_dir, "cellA").write_text("epoch 3/30, ~2:04:00 left")
     progress.console.print(progress)
     assert "badnets / none seed 0 · epoch 3/30, ~2:04:00 left" in progress.console.export_text()
+
+
+def test_the_gate_reads_a_finished_none_cell_instead_of_retraining_its_victim(
+    tmp_path: Path, toys: list[str], shared_cache: Path
+) -> None:
+    """A gated cell whose victim's ``none`` cell is already done below the gate is recorded ``skipped``
+    from that record, before anything runs: on a machine whose cache lacks the victim nothing trains."""
+    db = tmp_path / "g.db"
+    run_experiment(tiny(tmp_path, defenses=["none"]), db=db, cache_dir=shared_cache, quiet=True)
+    none = rows(db)[0]
+    assert none["asr"] < 0.99
+    fresh = tmp_path / "fresh-cache"  # another machine: the victim is not in its cache
+    before = fit_calls()
+    summary = run_experiment(
+        tiny(
+            tmp_path,
+            "gated.yaml",
+            defenses=["none", "_toy_repair"],
+            min_victim_asr=round(none["asr"] + 0.01, 4),
+        ),
+        db=db,
+        cache_dir=fresh,
+        quiet=True,
+        resume=True,
+    )
+    assert (summary.done, summary.gated, summary.already) == (0, 1, 1) and fit_calls() == before
+    gated = next(r for r in rows(db) if r["defense"] == "_toy_repair")
+    assert gated["status"] == "skipped" and f"ASR {100 * none['asr']:.1f} %" in gated["skip_reason"]
+    assert gated["info"]["gated_by"] == none["cell_hash"] and not (fresh / "backdoored_model").exists()

@@ -19,6 +19,7 @@ cells of its spec (``--force`` recomputes them, from the artefact cache where po
 from __future__ import annotations
 
 import functools
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -31,7 +32,7 @@ from backdoorkit.cache import ArtifactCache
 from backdoorkit.errors import ConfigError, one_line
 from backdoorkit.experiment.executors import Executor, make_executor
 from backdoorkit.experiment.progress import Progress, describe, status_file
-from backdoorkit.experiment.spec import NO_ATTACK, Cell, Plan, Spec, expand, load_spec
+from backdoorkit.experiment.spec import NO_ATTACK, NO_DEFENSE, Cell, Plan, Spec, expand, load_spec
 from backdoorkit.experiment.store import ResultStore
 
 
@@ -315,6 +316,7 @@ def run_experiment(
     ex: Executor | None = None
     try:
         with store.heartbeat(run_id):
+            todo, summary.gated = _gate_from_records(todo, plan.runnable, store, run_id, quiet=quiet)
             if not todo:
                 return summary
             ex = make_executor(executor, jobs, spec.ray)
@@ -340,7 +342,7 @@ def run_experiment(
                 )
                 sched.run()
             summary.done, summary.failed, summary.elsewhere = sched.done, sched.failed, sched.elsewhere
-            summary.gated = sched.gated
+            summary.gated += sched.gated
     finally:
         if ex is not None:
             ex.shutdown()
@@ -348,6 +350,43 @@ def run_experiment(
         summary.seconds = time.perf_counter() - start
         store.close()
     return summary
+
+
+def _gate_from_records(
+    todo: list[Cell], runnable: list[Cell], store: ResultStore, run_id: str, *, quiet: bool
+) -> tuple[list[Cell], int]:
+    """Apply the ``min_victim_asr`` gate from the database where it can: a gated cell whose victim's
+    ``none`` cell (same trunk: data, model, training, attack, seed) is done with an ASR below the gate is
+    recorded ``skipped`` now, with the same reason the worker would give, and leaves ``todo``.  So no
+    victim is trained or loaded only to be found not implanting again (hours at full width on a machine
+    whose cache lacks it).  The rest is gated by the worker, as before.  Returns ``(todo, gated)``."""
+    from backdoorkit.experiment.stages import GATED_KINDS, gate_reason
+
+    nones = {c.trunk(): c for c in runnable if c.defense == NO_DEFENSE and c.attack != NO_ATTACK}
+    gated = [
+        c
+        for c in todo
+        if c.min_victim_asr is not None and c.defense_kind in GATED_KINDS and c.trunk() in nones
+    ]
+    done = store.statuses([nones[c.trunk()].hash for c in gated])
+    stopped: set[str] = set()
+    for cell in gated:
+        none, gate = nones[cell.trunk()], cell.min_victim_asr
+        assert gate is not None
+        victim = store.metrics_of(none.hash) if done.get(none.hash) == "done" else {}
+        if "asr" not in victim or "ba" not in victim or victim["asr"] >= gate:
+            continue
+        if not store.claim(cell.hash, run_id):
+            continue
+        reason = gate_reason(victim["ba"], victim["asr"], gate)
+        info = {"gated_by": none.hash}  # the no-defense cell whose record stopped it
+        store.finish(
+            cell.hash, run_id, {"status": "skipped", "skip_reason": reason, "seconds": 0.0, "info": info}
+        )
+        stopped.add(cell.hash)
+        if not quiet:
+            print(f"[gate] {describe(cell)}: skipped: {reason}", file=sys.stderr, flush=True)
+    return [c for c in todo if c.hash not in stopped], len(stopped)
 
 
 def _epoch_lines(asked: float | None, progress: Progress) -> float | None:

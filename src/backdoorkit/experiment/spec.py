@@ -186,8 +186,9 @@ class Spec(_Strict):
         le=1.0,
         description="run a repair or training defense only on a victim whose no-defense ASR on the test "
         "split reaches this fraction; below it the cell is recorded as skipped with the victim's numbers "
-        "(there is no backdoor to remove).  Detectors and inspectors always run.  An evaluator-side gate: "
-        "the defenses never see the test split",
+        "(there is no backdoor to remove); a finished no-defense cell of the victim decides from its "
+        "record.  Detectors and inspectors always run.  An evaluator-side gate: the defenses never see "
+        "the test split",
     )
     cache_dir: str | None = None
     read_only_caches: list[str] = Field(

@@ -94,6 +94,14 @@ class VictimNotImplanted(Exception):
     """A gated cell's victim does not carry the backdoor: the cell is skipped, not failed."""
 
 
+def gate_reason(ba: float, asr: float, gate: float) -> str:
+    """The skip reason of a cell the ``min_victim_asr`` gate stops (the victim's no-defense numbers)."""
+    return (
+        f"the victim does not implant (BA {100 * ba:.1f} / ASR {100 * asr:.1f} % with no defense; "
+        f"min_victim_asr {100 * gate:g} %)"
+    )
+
+
 _VICTIM_SCORES: dict[tuple[str, str, str], dict[str, float]] = {}
 """The no-defense scores of the victims this process has evaluated, by (cache folder, victim key, test
 fingerprint): the ``none`` cell and every gated cell of one victim score it once (a minute at full
@@ -320,11 +328,7 @@ class CellWork:
             with self.stage("gate"):
                 victim = _victim_score(model, test, attack, self.cache.root, bkey)
             if victim["asr"] < cell.min_victim_asr:
-                raise VictimNotImplanted(
-                    f"the victim does not implant (BA {100 * victim['ba']:.1f} / ASR "
-                    f"{100 * victim['asr']:.1f} % with no defense; min_victim_asr "
-                    f"{100 * cell.min_victim_asr:g} %)"
-                )
+                raise VictimNotImplanted(gate_reason(victim["ba"], victim["asr"], cell.min_victim_asr))
         defense = self._defense()
         result = self._defended(defense, model, ps, holdout, bkey)
         with self.stage("evaluate"):

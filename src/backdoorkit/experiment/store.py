@@ -530,6 +530,11 @@ class ResultStore:
             con.execute("DELETE FROM metrics WHERE cell_hash = ?", (cell_hash,))
             return True
 
+    def metrics_of(self, cell_hash: str) -> dict[str, float]:
+        """One cell's stored metrics (empty when it has none)."""
+        rows = self._con().execute("SELECT name, value FROM metrics WHERE cell_hash = ?", (cell_hash,))
+        return {str(name): float(value) for name, value in rows}
+
     def release(self, cell_hash: str, run_id: str) -> None:
         """Give a claimed cell back unfinished (it becomes ``pending``)."""
         with self.transaction() as con:
