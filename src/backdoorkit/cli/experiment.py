@@ -141,7 +141,8 @@ def demo_cmd(
     jobs: int = typer.Option(1, "--jobs", "-j", help="Cells run at once."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Run the built-in demo (BadNets, Blended, WaNet x every available defense on digits) and report it."""
+    """Run the built-in demo on digits (BadNets, Blended, BadRes x no defense and one method of each
+    defense kind) and report it."""
     from backdoorkit.experiment.demo import run_demo
 
     summary, written = run_demo(out, jobs=jobs, quiet=quiet, console=console)

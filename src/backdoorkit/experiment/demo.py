@@ -1,12 +1,13 @@
 """The built-in demo: ``backdoorkit demo [--out DIR]`` (``make demo``).
 
-Runs the packaged spec ``experiment/specs/demo.yaml`` - attacks that implant on digits (BadNets,
-Blended, the invisible L2 perturbation) against no defense and one method of each defense kind (SSFT,
-Trap-and-Replace, STRIP, Neural Cleanse; those not registered in this installation are skipped with a
-reason), ResNet-18 at width 8 on the embedded digits data, one seed - then prints the table and writes
-the report to ``DIR`` (default ``./runs/demo``): ``report.md``, ``report.csv``, the figures and the
-self-contained ``report.html`` (tables, bars, skip scans and the trigger gallery embedded).  Results
-go to ``DIR/results.db``; a second demo run reuses finished cells and cached artefacts.
+Runs the packaged spec ``experiment/specs/demo.yaml`` - attacks that implant on digits (BadNets and
+Blended, data poisoning; BadRes, an attack on the structure) against no defense and one method of each
+defense kind (SSFT, Trap-and-Replace, STRIP, Neural Cleanse; those not registered in this installation
+are skipped with a reason), ResNet-18 at width 8 on the embedded digits data, one seed - then prints
+the table and writes the report to ``DIR`` (default ``./runs/demo``): ``report.md``, ``report.csv``,
+the figures and the self-contained ``report.html`` (tables, bars, skip scans and the trigger gallery
+embedded).  Results go to ``DIR/results.db``; a second demo run reuses finished cells and cached
+artefacts.
 """
 
 from __future__ import annotations
