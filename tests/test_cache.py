@@ -169,3 +169,6 @@ def test_cache_list_and_copy_ship_entries_for_a_read_only_cache(
         capsys, "cache", "copy", "label_consistent/k9", "--to", str(shipped), "--cache-dir", str(root)
     )
     assert "not a folder" in cli_error(capsys, "cache", "list", "--cache-dir", str(tmp_path / "nowhere"))
+    assert "plain name" in cli_error(capsys, "cache", "list", "--kind", "../x", "--cache-dir", str(root))
+    code, out, _ = run_cli(capsys, "cache", "list", "--kind", "nothing_here", "--cache-dir", str(root))
+    assert code == 0 and out.strip().splitlines() == [f"no entries of kind nothing_here in {root}"]

@@ -31,6 +31,12 @@ app.add_typer(cache_app, name="cache")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 """What a kind or a key is made of (no path separators)."""
 
+
+def _plain(name: str) -> bool:
+    """Whether ``name`` is a plain kind or key (letters, digits, ``_.-``; not ``.`` or ``..``)."""
+    return bool(_NAME.fullmatch(name)) and name not in {".", ".."}
+
+
 CacheDirOpt = typer.Option(None, "--cache-dir", help="Artefact cache (default: $BACKDOORKIT_CACHE).")
 
 
@@ -56,6 +62,10 @@ def list_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """List the cache's entries, newest first: kind, key, size, when written, and their metadata."""
+    from backdoorkit.errors import ConfigError
+
+    if kind is not None and not _plain(kind):
+        raise ConfigError(f"--kind {kind!r}: a kind is a cache folder's plain name, not a path")
     cache = _cache(cache_dir)
     entries = cache.entries(kind)
     if json_out:
@@ -68,6 +78,10 @@ def list_cmd(
             }
         )
         return
+    if not entries:
+        what = f" of kind {kind}" if kind else ""
+        console.print(f"no entries{what} in {cache.root}", highlight=False, soft_wrap=True)
+        return
     table = Table(title=f"cache {cache.root}")
     for col in ("kind/key", "MB", "written (UTC)", "metadata"):
         table.add_column(col, overflow="fold", no_wrap=col == "kind/key")
@@ -75,8 +89,6 @@ def list_cmd(
         when = datetime.datetime.fromtimestamp(e.modified, datetime.UTC).strftime("%Y-%m-%d %H:%M")
         table.add_row(f"{e.kind}/{e.key}", f"{e.bytes / 2**20:.2f}", when, _summary(e.meta))
     console.print(table)
-    if not entries:
-        console.print("no entries" + (f" of kind {kind}" if kind else ""))
 
 
 @cache_app.command("copy")
@@ -92,7 +104,7 @@ def copy_cmd(
     pairs = []
     for name in entries:
         kind, _, key = name.strip("/").partition("/")
-        if not (_NAME.fullmatch(kind) and _NAME.fullmatch(key)) or {kind, key} & {".", ".."}:
+        if not (_plain(kind) and _plain(key)):
             raise ConfigError(f"{name!r}: name an entry as KIND/KEY (see `backdoorkit cache list`)")
         pairs.append((kind, key))
     for kind, key in pairs:
