@@ -293,7 +293,7 @@ def test_epoch_lines_say_what_trains_how_far_and_what_is_left(
     import io
 
     from backdoorkit import train_report
-    from backdoorkit.train_report import report_training
+    from backdoorkit.train_report import report_training, training_role
 
     fit(_model(small), small, CFG)
     assert capsys.readouterr().err == ""  # off by default
@@ -307,6 +307,12 @@ def test_epoch_lines_say_what_trains_how_far_and_what_is_left(
         assert line.startswith("[train] victim of cell 1: ResNet ") and "(256 images)" in line, line
         assert f"epoch {k}/3, loss " in line and " acc " in line and " in this run" in line, line
     assert lines[0].endswith("left") and lines[-1].endswith("done")
+    buf = io.StringIO()
+    status = tmp_path / "role.txt"
+    with report_training("cell 2", every=0, stream=buf, status=status), training_role("attacker model"):
+        fit(_model(small), small, CFG.model_copy(update={"epochs": 1}))
+    assert buf.getvalue().startswith("[train] cell 2: attacker model, ResNet ")  # not the cell's model
+    assert status.read_text() == "attacker model epoch 1/1, done"
 
     buf = io.StringIO()
     with report_training("short calls", every=3600, stream=buf):

@@ -7,8 +7,10 @@ the end of an epoch once ``every`` seconds have passed since the block began or 
 all the calls in the block (so a job of short trainings says nothing), plus a line for a start resumed
 from a snapshot and one for the end of a call that has written a line before, for example::
 
-    [train] label_consistent model cifar10 resnet18-w16 seed 0: ResNet 11.2M params on cifar10 (45,000
-    images), epoch 3/30, loss 1.234, acc 56.7 %, 0:13:45 in this run, ~2:04:00 left
+    [train] label_consistent model cifar10 resnet18-w16 seed 0: attacker model, ResNet 11.2M params on
+    cifar10 (45,000 images), epoch 3/30, loss 1.234, acc 56.7 %, 0:13:45 in this run, ~2:04:00 left
+
+(``attacker model, ``: :func:`training_role` names what trains where it is not the job's own model.)
 
 "left" extrapolates the pace of the epochs trained in this process (not those a snapshot restored).  With
 ``status=path`` the block also keeps the latest epoch's short form ("epoch 3/30, ~2:04:00 left") in that
@@ -73,6 +75,21 @@ class _Reporter:
 _ACTIVE: contextvars.ContextVar[_Reporter | None] = contextvars.ContextVar(
     "backdoorkit_train_report", default=None
 )
+_ROLE: contextvars.ContextVar[str | None] = contextvars.ContextVar("backdoorkit_train_role", default=None)
+
+
+@contextlib.contextmanager
+def training_role(role: str) -> Iterator[None]:
+    """Inside the block, epoch lines and the status name what trains (``"attacker model"``).
+
+    A job's label names its cell, and the model training in it is often not the cell's own: an attack's
+    full-width attacker model trains inside the job of a width-16 victim, for instance.
+    """
+    token = _ROLE.set(role)
+    try:
+        yield
+    finally:
+        _ROLE.reset(token)
 
 
 @contextlib.contextmanager
@@ -113,8 +130,11 @@ class EpochLines:
     def __init__(self, model: nn.Module, data_name: str, images: int, epochs: int) -> None:
         self._reporter = _ACTIVE.get()
         self.epochs = epochs
+        role = _ROLE.get()
+        self._role = f"{role} " if role else ""
         if self._reporter is not None:
-            self._what = f"{type(model).__name__} {_size(model)} on {data_name} ({images:,} images)"
+            what = f"{type(model).__name__} {_size(model)} on {data_name} ({images:,} images)"
+            self._what = f"{role}, {what}" if role else what
         self._start = time.perf_counter()
         self._first_epoch = 0
         self._spoke = False
@@ -123,7 +143,7 @@ class EpochLines:
         """The call goes on from a snapshot taken after ``epoch`` epochs."""
         self._first_epoch = epoch
         if self._reporter is not None:
-            self._reporter.set_status(f"resumed after epoch {epoch}/{self.epochs}")
+            self._reporter.set_status(f"{self._role}resumed after epoch {epoch}/{self.epochs}")
             self._reporter.write(f"{self._what}, resumed after epoch {epoch}/{self.epochs} from its snapshot")
             self._spoke = True
 
@@ -137,7 +157,7 @@ class EpochLines:
         ran = time.perf_counter() - self._start
         pace = ran / max(1, epoch - self._first_epoch)
         left = "done" if last else f"~{_duration(pace * (self.epochs - epoch))} left"
-        r.set_status(f"epoch {epoch}/{self.epochs}, {left}")
+        r.set_status(f"{self._role}epoch {epoch}/{self.epochs}, {left}")
         if not (r.due() or (last and self._spoke)):
             return
         self._spoke = True

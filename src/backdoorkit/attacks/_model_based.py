@@ -179,6 +179,7 @@ def attacker_model(params: ModelBasedParams, train: ImageSet, seed: int, cache: 
     from backdoorkit.pipeline import make_model, recipe_for
     from backdoorkit.resume import resumable_training
     from backdoorkit.train import fit
+    from backdoorkit.train_report import training_role
 
     recipe = attacker_recipe(params, train, seed)
     key = hash_key("attacker", recipe)
@@ -191,9 +192,10 @@ def attacker_model(params: ModelBasedParams, train: ImageSet, seed: int, cache: 
         model = make_model(params.attacker_arch, train, width=params.attacker_width, seed=seed)
         if params.attacker_adv_epochs > 0:
             adv_cfg = cfg.model_copy(update={"epochs": params.attacker_adv_epochs})
-            fit(model, train, adv_cfg, loss_fn=adversarial_loss())
+            with training_role("attacker model (adversarial training)"):
+                fit(model, train, adv_cfg, loss_fn=adversarial_loss())
         else:
-            with resumable_training(cache.partial(key)):
+            with resumable_training(cache.partial(key)), training_role("attacker model"):
                 fit(model, train, cfg)
         return model
 
