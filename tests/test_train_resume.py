@@ -351,3 +351,25 @@ def test_epoch_lines_say_what_trains_how_far_and_what_is_left(
     with report_training("live", every=None, status=status):
         fit(_model(small), small, CFG)
     assert status.read_text() == "epoch 3/3, done" and capsys.readouterr().err == ""
+
+
+def test_time_left_follows_the_recent_pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time left extrapolates the latest three epochs: a first epoch of 100 s followed by epochs of 10 s
+    gives 50 s left after epoch 5 of 10 (the mean pace would say 140 s); before the fourth epoch the
+    mean pace is all there is."""
+    import io
+
+    from backdoorkit import train_report
+    from backdoorkit.train_report import EpochLines, report_training
+
+    clock = [0.0]
+    monkeypatch.setattr(train_report, "_clock", lambda: clock[0])
+    buf = io.StringIO()
+    with report_training("pace", every=0, stream=buf):
+        lines = EpochLines(nn.Linear(2, 2), "toy", 10, epochs=10)
+        for epoch, at in enumerate((100.0, 110.0, 120.0, 130.0, 140.0), 1):
+            clock[0] = at
+            lines.epoch_end(epoch, loss=1.0, accuracy=None)
+    out = buf.getvalue().splitlines()
+    assert out[2].endswith("epoch 3/10, loss 1.000, 0:02:00 in this run, ~0:04:40 left"), out[2]
+    assert out[4].endswith("epoch 5/10, loss 1.000, 0:02:20 in this run, ~0:00:50 left"), out[4]

@@ -12,7 +12,8 @@ from a snapshot and one for the end of a call that has written a line before, fo
 
 (``attacker model, ``: :func:`training_role` names what trains where it is not the job's own model.)
 
-"left" extrapolates the pace of the epochs trained in this process (not those a snapshot restored).  With
+"left" extrapolates the pace of the latest three epochs trained in this process (of all of them before
+the fourth; never of epochs a snapshot restored), so a slow start stops skewing it.  With
 ``status=path`` the block also keeps the latest epoch's short form ("epoch 3/30, ~2:04:00 left") in that
 file, rewritten at every epoch end: the experiment runner's live terminal view shows it beside each running
 job, whichever process runs it.  The runner writes the lines for every job when its progress goes to a file
@@ -28,6 +29,7 @@ import contextvars
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,9 @@ from torch import nn
 
 DEFAULT_EVERY = 300.0
 """Seconds between two lines of one training (the runner's default)."""
+
+_PACE_EPOCHS = 3
+"""How many of the latest epochs give the pace behind "left"."""
 
 
 def _clock() -> float:
@@ -135,13 +140,17 @@ class EpochLines:
         if self._reporter is not None:
             what = f"{type(model).__name__} {_size(model)} on {data_name} ({images:,} images)"
             self._what = f"{role}, {what}" if role else what
-        self._start = time.perf_counter()
+        self._start = _clock()
         self._first_epoch = 0
         self._spoke = False
+        # (epoch, time) of the latest epoch ends: "left" follows the recent pace, so a slow start (a
+        # contended machine, a warm-up) stops skewing it after a few epochs.
+        self._ends: deque[tuple[int, float]] = deque(maxlen=_PACE_EPOCHS + 1)
 
     def resumed(self, epoch: int) -> None:
         """The call goes on from a snapshot taken after ``epoch`` epochs."""
         self._first_epoch = epoch
+        self._ends.clear()
         if self._reporter is not None:
             self._reporter.set_status(f"{self._role}resumed after epoch {epoch}/{self.epochs}")
             self._reporter.write(f"{self._what}, resumed after epoch {epoch}/{self.epochs} from its snapshot")
@@ -154,8 +163,14 @@ class EpochLines:
         if r is None:
             return
         last = epoch >= self.epochs
-        ran = time.perf_counter() - self._start
-        pace = ran / max(1, epoch - self._first_epoch)
+        now = _clock()
+        ran = now - self._start
+        self._ends.append((epoch, now))
+        if len(self._ends) > _PACE_EPOCHS:
+            (first, then) = self._ends[0]
+            pace = (now - then) / (epoch - first)
+        else:
+            pace = ran / max(1, epoch - self._first_epoch)
         left = "done" if last else f"~{_duration(pace * (self.epochs - epoch))} left"
         r.set_status(f"{self._role}epoch {epoch}/{self.epochs}, {left}")
         if not (r.due() or (last and self._spoke)):
