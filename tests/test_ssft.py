@@ -357,10 +357,10 @@ def test_fine_tuning_without_suppression_leaves_the_backdoor(outcomes) -> None:
 
 def test_suppression_alone_collapses_ba_and_fine_tuning_restores_it(outcomes) -> None:
     """Paper Table 2: SS drops BA far below every fine-tuning defense; SSFT gets it back.  How far
-    depends on the skip selected (measured, seeds 0 / 1 / 2, here and in CI alike since defenses run
-    seeded: SS BA 76.3 / 20.6 / 10.3 at ``layer1.0`` / ``layer1.1`` / ``layer1.1``, SSFT 98.3 / 97.2 /
-    93.9), so each seed asserts a 20-point gap and at least 90 % BA, and the means the collapse and a
-    recovery to within 5 points of the undefended model."""
+    depends on the skip selected (measured, seeds 0 / 1 / 2, here and in the CI of 2026-12-07: SS BA
+    76.3 / 20.6 / 10.3 at ``layer1.0`` / ``layer1.1`` / ``layer1.1``, SSFT 98.3 / 97.2 / 93.9; another
+    CI machine's CPU gave SSFT >= 95 on each), so each seed asserts a 20-point gap and at least 90 % BA,
+    and the means the collapse and a recovery to within 5 points of the undefended model."""
     for row in outcomes.values():
         assert row["ss"]["ba"] < row["ft_all"]["ba"] - 0.2
         assert row["ssft"]["ba"] >= 0.9 and row["ssft"]["ba"] > row["ss"]["ba"] + 0.2

@@ -167,7 +167,7 @@ class EpochLines:
         ran = now - self._start
         self._ends.append((epoch, now))
         if len(self._ends) > _PACE_EPOCHS:
-            (first, then) = self._ends[0]
+            first, then = self._ends[0]
             pace = (now - then) / (epoch - first)
         else:
             pace = ran / max(1, epoch - self._first_epoch)
